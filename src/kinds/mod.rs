@@ -1,0 +1,31 @@
+//! Step kinds, one module per backend. `registry` is the only place that lists them.
+
+use std::sync::Arc;
+
+use crate::config::Profile;
+use crate::step::Registry;
+
+pub mod docker;
+pub mod docker_container;
+pub mod docker_image;
+
+/// Every step kind this binary knows, wired to the backends the profile names.
+pub fn registry(profile: &Profile) -> Registry {
+    let docker = Arc::new(docker::DockerBackend::new(profile.docker_host.clone()));
+    Registry::default()
+        .with(Arc::new(docker_image::DockerImage {
+            docker: docker.clone(),
+        }))
+        .with(Arc::new(docker_container::DockerContainer { docker }))
+}
+
+/// sha256 of the parts, hex — the `labctl.input-hash` a resource is labelled with.
+pub fn input_hash(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())[..32].to_string()
+}
