@@ -163,14 +163,39 @@ impl Printer {
             return;
         }
         match &event {
-            Event::Start { command, lab, owner, profile, .. } => {
-                let what = lab.as_ref().map(|l| format!("{l} {command}")).unwrap_or(command.clone());
-                self.human(&format!("labctl {what}  (owner {owner}, profile {profile})"));
+            Event::Start {
+                command,
+                lab,
+                owner,
+                profile,
+                ..
+            } => {
+                let what = lab
+                    .as_ref()
+                    .map(|l| format!("{l} {command}"))
+                    .unwrap_or(command.clone());
+                self.human(&format!(
+                    "labctl {what}  (owner {owner}, profile {profile})"
+                ));
             }
-            Event::Recovered { step, action, run_id } => self.human(&format!(
-                "  ! {step:<10} run {run_id} was interrupted during `{action}`: re-observing and converging"
-            )),
-            Event::Planned { step, action, reason, .. } => {
+            Event::Recovered {
+                step,
+                action,
+                run_id,
+            } => {
+                let step = if step.is_empty() {
+                    "(run)"
+                } else {
+                    step.as_str()
+                };
+                self.human(&format!("  ! {step:<10} run {run_id} was interrupted during {action}: re-observing and converging"))
+            }
+            Event::Planned {
+                step,
+                action,
+                reason,
+                ..
+            } => {
                 let sign = match action.as_str() {
                     "create" => "+",
                     "delete" => "-",
@@ -186,7 +211,12 @@ impl Printer {
                     self.human(&format!("      │ {line}"));
                 }
             }
-            Event::Changed { step, action, outputs, elapsed_ms } => self.human(&format!(
+            Event::Changed {
+                step,
+                action,
+                outputs,
+                elapsed_ms,
+            } => self.human(&format!(
                 "  ✓ {step:<10} {action} {}  ({})",
                 summarize(outputs),
                 seconds(*elapsed_ms)
@@ -195,7 +225,13 @@ impl Printer {
                 self.human(&format!("  = {step:<10} unchanged {}", summarize(outputs)))
             }
             Event::Failed { step, error } => self.human(&format!("  ✗ {step:<10} {error}")),
-            Event::Status { step, kind, state, drift, details } => {
+            Event::Status {
+                step,
+                kind,
+                state,
+                drift,
+                details,
+            } => {
                 let mark = if *drift { "!" } else { " " };
                 self.human(&format!("{mark} {step:<10} {kind:<17} {state}"));
                 for (k, v) in details {
@@ -211,14 +247,27 @@ impl Printer {
                 if let Some(map) = outputs.as_object().filter(|m| !m.is_empty()) {
                     self.human("outputs:");
                     for (k, v) in map {
-                        self.human(&format!("  {k} = {}", v.as_str().map(String::from).unwrap_or(v.to_string())));
+                        self.human(&format!(
+                            "  {k} = {}",
+                            v.as_str().map(String::from).unwrap_or(v.to_string())
+                        ));
                     }
                 }
             }
-            Event::Lab { name, title, status, .. } => {
+            Event::Lab {
+                name,
+                title,
+                status,
+                ..
+            } => {
                 self.line(&format!("{name:<6} {status:<12} {title}"));
             }
-            Event::Doctor { name, ok, detail, fix } => {
+            Event::Doctor {
+                name,
+                ok,
+                detail,
+                fix,
+            } => {
                 let mark = if *ok { "✓" } else { "✗" };
                 self.line(&format!("{mark} {name:<18} {detail}"));
                 if let Some(fix) = fix.as_ref().filter(|_| !ok) {
@@ -227,18 +276,32 @@ impl Printer {
             }
             Event::Error { .. } => {}
             Event::Summary {
-                command, ok, changed, unchanged, failed, pending, checks_passed, checks_failed, elapsed_ms, ..
+                command,
+                ok,
+                changed,
+                unchanged,
+                failed,
+                pending,
+                checks_passed,
+                checks_failed,
+                elapsed_ms,
+                ..
             } => {
                 let mut parts = Vec::new();
                 if command == "plan" {
                     parts.push(format!("{pending} to change, {unchanged} unchanged"));
                 } else if command != "verify" && command != "status" {
-                    parts.push(format!("{changed} changed, {unchanged} unchanged, {failed} failed"));
+                    parts.push(format!(
+                        "{changed} changed, {unchanged} unchanged, {failed} failed"
+                    ));
                 } else if command == "status" && *pending > 0 {
                     parts.push(format!("{pending} drifted or missing"));
                 }
                 if checks_passed + checks_failed > 0 {
-                    parts.push(format!("{checks_passed}/{} checks passed", checks_passed + checks_failed));
+                    parts.push(format!(
+                        "{checks_passed}/{} checks passed",
+                        checks_passed + checks_failed
+                    ));
                 }
                 parts.push(seconds(*elapsed_ms));
                 let head = if *ok { "done" } else { "failed" };

@@ -107,7 +107,7 @@ impl LabSpec {
         }
         let mut steps = IndexMap::new();
         for (name, spanned) in raw.steps {
-            let line = spanned.referenced.line();
+            let line = key_line(text, &name, spanned.referenced.line());
             let RawStep {
                 kind,
                 after,
@@ -283,6 +283,19 @@ pub fn is_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// The line of `name:` at or above `value_line` (the parser locates the value, people look
+/// for the key).
+fn key_line(text: &str, name: &str, value_line: u64) -> u64 {
+    let key = format!("{name}:");
+    text.lines()
+        .take(value_line as usize)
+        .collect::<Vec<_>>()
+        .iter()
+        .rposition(|l| l.trim_start().starts_with(&key))
+        .map(|i| i as u64 + 1)
+        .unwrap_or(value_line)
 }
 
 fn first_line(s: &str) -> String {
@@ -513,7 +526,7 @@ verify:
         );
         let err = LabSpec::parse("demo.yaml", &bad).unwrap_err().to_string();
         assert!(
-            err.starts_with("demo.yaml:9: step `image`: unknown reference `{{ params.nme }}`"),
+            err.starts_with("demo.yaml:8: step `image`: unknown reference `{{ params.nme }}`"),
             "{err}"
         );
 
@@ -527,7 +540,7 @@ verify:
         let bad = SPEC.replace("after: [image]", "after: [nope]");
         let err = LabSpec::parse("demo.yaml", &bad).unwrap_err().to_string();
         assert!(
-            err.contains(":16:") && err.contains("unknown step `nope`"),
+            err.contains(":15:") && err.contains("unknown step `nope`"),
             "{err}"
         );
     }

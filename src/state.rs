@@ -52,7 +52,7 @@ pub struct JournalEntry {
     pub outputs: Option<Map<String, Value>>,
 }
 
-/// What an earlier, interrupted run left unfinished.
+/// What an earlier, interrupted run left unfinished (`step` empty: the run as a whole).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interrupted {
     pub step: String,
@@ -195,7 +195,19 @@ impl StateStore {
         };
         let journal_path = dir.join("journal.jsonl");
         let entries = read_journal(&journal_path);
-        let interrupted = replay(&mut state, &entries);
+        let mut interrupted = replay(&mut state, &entries);
+        // A journal that was never compacted means the last run stopped before it finished,
+        // even if each of its side effects had completed (e.g. killed while waiting).
+        if interrupted.is_empty() {
+            if let Some(last) = entries.last() {
+                interrupted.push(Interrupted {
+                    step: String::new(),
+                    action: "its final checks".into(),
+                    run_id: last.run_id.clone(),
+                });
+                state.status = "interrupted".into();
+            }
+        }
         let journal = open_private(&journal_path, true)?;
         Ok(StateStore {
             dir: dir.to_path_buf(),

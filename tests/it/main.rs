@@ -1,0 +1,7 @@
+//! Integration tests: the real `labctl` binary against the real Docker engine started by
+//! `testenv/up.sh`. Assertions read the engine's own listings (bollard), not labctl's state.
+//! All integration tests compile into this one binary.
+
+mod cli;
+mod support;
+mod td4;
