@@ -542,3 +542,268 @@ impl<'a> Run<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The engine against an in-memory step kind: graph order, concurrency, outputs wiring,
+    //! idempotence, failure and journal — no backend involved.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::printer::Verbosity;
+    use crate::step::Diagnosis;
+
+    #[derive(Default)]
+    struct Fake {
+        /// step → the config it was last applied with (the "backend").
+        made: Mutex<HashMap<String, Value>>,
+        calls: Mutex<Vec<String>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl StepKind for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn validate(&self, _: &Value) -> std::result::Result<(), String> {
+            Ok(())
+        }
+        async fn observe(
+            &self,
+            ctx: &StepCtx<'_>,
+            desired: &Value,
+            pending: bool,
+        ) -> Result<Observation> {
+            let made = self.made.lock().unwrap().get(ctx.step).cloned();
+            Ok(match made {
+                None => Observation::absent("make it"),
+                Some(v) if pending || &v != desired => Observation {
+                    action: Action::Replace,
+                    reason: "changed".into(),
+                    outputs: Outputs::new(),
+                    details: vec![],
+                    drift: false,
+                },
+                Some(_) => Observation {
+                    action: Action::None,
+                    reason: "same".into(),
+                    outputs: Outputs::from_iter([(
+                        "id".into(),
+                        Value::from(format!("{}-id", ctx.step)),
+                    )]),
+                    details: vec![],
+                    drift: false,
+                },
+            })
+        }
+        async fn apply(
+            &self,
+            ctx: &StepCtx<'_>,
+            desired: &Value,
+            _: &Observation,
+        ) -> Result<Outputs> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("apply {}", ctx.step));
+            if desired.get("fail").is_some() {
+                return Err(Error::backend("boom"));
+            }
+            self.made
+                .lock()
+                .unwrap()
+                .insert(ctx.step.to_string(), desired.clone());
+            Ok(Outputs::from_iter([(
+                "id".into(),
+                Value::from(format!("{}-id", ctx.step)),
+            )]))
+        }
+        async fn destroy(&self, ctx: &StepCtx<'_>, step: Option<&str>) -> Result<Vec<String>> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("destroy {}", ctx.step));
+            let gone = self.made.lock().unwrap().remove(step.unwrap_or(ctx.step));
+            Ok(gone.into_iter().map(|_| ctx.step.to_string()).collect())
+        }
+        async fn diagnose(&self) -> Vec<Diagnosis> {
+            vec![]
+        }
+    }
+
+    const SPEC: &str = r#"
+lab: demo
+title: demo
+params: { n: 1 }
+steps:
+  base: { kind: fake }
+  left: { kind: fake, from: "{{ steps.base.id }}" }
+  right: { kind: fake, from: "{{ steps.base.id }}", n: "{{ params.n }}" }
+  top: { kind: fake, after: [left, right] }
+"#;
+
+    struct Harness {
+        fake: Arc<Fake>,
+        registry: Registry,
+        printer: Printer,
+        source: SpecSource,
+        dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let fake = Arc::new(Fake::default());
+            Harness {
+                registry: Registry::default().with(fake.clone()),
+                fake,
+                printer: Printer::new(false, Verbosity::Quiet),
+                source: SpecSource::Builtin {
+                    file: "demo.yaml".into(),
+                },
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn run<'a>(&'a self, spec: &'a LabSpec) -> Run<'a> {
+            let ownership = Ownership {
+                lab: "demo".into(),
+                owner: "o".into(),
+                profile: "p".into(),
+                run_id: "r".into(),
+            };
+            Run {
+                spec,
+                source: &self.source,
+                registry: &self.registry,
+                printer: &self.printer,
+                ownership,
+            }
+        }
+
+        fn store(&self) -> Mutex<StateStore> {
+            Mutex::new(StateStore::open(self.dir.path(), "test", Duration::ZERO, |_| {}).unwrap())
+        }
+
+        fn calls(&self) -> Vec<String> {
+            std::mem::take(&mut *self.fake.calls.lock().unwrap())
+        }
+    }
+
+    #[tokio::test]
+    async fn up_follows_the_graph_runs_independent_steps_together_and_is_idempotent() {
+        let h = Harness::new();
+        let spec = LabSpec::parse("demo.yaml", SPEC).unwrap();
+        let plan = h.run(&spec).plan().await.unwrap();
+        assert_eq!(plan.pending, 4);
+
+        let tally = Mutex::new(Tally::default());
+        h.run(&spec).up(&h.store(), &tally).await.unwrap();
+        let calls = h.calls();
+        assert_eq!(calls.first().map(String::as_str), Some("apply base"));
+        assert_eq!(calls.last().map(String::as_str), Some("apply top"));
+        assert_eq!(
+            h.fake.max_in_flight.load(Ordering::SeqCst),
+            2,
+            "left and right ran concurrently"
+        );
+        assert_eq!(
+            h.fake.made.lock().unwrap()["left"]["from"],
+            "base-id",
+            "outputs feed later steps"
+        );
+        assert_eq!(tally.lock().unwrap().changed, 4);
+
+        let tally = Mutex::new(Tally::default());
+        h.run(&spec).up(&h.store(), &tally).await.unwrap();
+        assert!(h.calls().is_empty(), "a second up applies nothing");
+        assert_eq!(tally.lock().unwrap().unchanged, 4);
+        assert_eq!(h.run(&spec).plan().await.unwrap().pending, 0);
+    }
+
+    #[tokio::test]
+    async fn a_changed_param_replaces_only_what_depends_on_it() {
+        let h = Harness::new();
+        let mut spec = LabSpec::parse("demo.yaml", SPEC).unwrap();
+        h.run(&spec)
+            .up(&h.store(), &Mutex::new(Tally::default()))
+            .await
+            .unwrap();
+        h.calls();
+        spec.set_params(
+            &indexmap::IndexMap::from([("n".to_string(), "2".to_string())]),
+            "test",
+        )
+        .unwrap();
+        let tally = Mutex::new(Tally::default());
+        h.run(&spec).up(&h.store(), &tally).await.unwrap();
+        assert_eq!(h.calls(), ["apply right"]);
+        let t = tally.into_inner().unwrap();
+        assert_eq!((t.changed, t.unchanged), (1, 3));
+    }
+
+    #[tokio::test]
+    async fn down_walks_the_graph_in_reverse_and_twice_is_a_no_op() {
+        let h = Harness::new();
+        let spec = LabSpec::parse("demo.yaml", SPEC).unwrap();
+        h.run(&spec)
+            .up(&h.store(), &Mutex::new(Tally::default()))
+            .await
+            .unwrap();
+        h.calls();
+        h.run(&spec)
+            .down(&h.store(), &Mutex::new(Tally::default()), false)
+            .await
+            .unwrap();
+        let calls = h.calls();
+        let pos = |s: &str| calls.iter().position(|c| c == s).unwrap();
+        assert_eq!(pos("destroy top"), 0);
+        assert!(
+            pos("destroy left") < pos("destroy base") && pos("destroy right") < pos("destroy base")
+        );
+        let tally = Mutex::new(Tally::default());
+        h.run(&spec).down(&h.store(), &tally, false).await.unwrap();
+        let t = tally.into_inner().unwrap();
+        assert_eq!((t.changed, t.unchanged), (0, 4));
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_stops_its_dependents_and_is_journaled() {
+        let h = Harness::new();
+        let spec = LabSpec::parse(
+            "demo.yaml",
+            &SPEC.replace("left: { kind: fake,", "left: { kind: fake, fail: yes,"),
+        )
+        .unwrap();
+        let store = h.store();
+        let err = h
+            .run(&spec)
+            .up(&store, &Mutex::new(Tally::default()))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("step `left` failed: boom"),
+            "{err}"
+        );
+        assert!(
+            !h.calls().contains(&"apply top".to_string()),
+            "top depends on left: never started"
+        );
+        let store = store.into_inner().unwrap();
+        assert!(store.state.steps.contains_key("base") && !store.state.steps.contains_key("left"));
+        drop(store);
+        // Reopening: the failure was recorded as a result, so nothing is reported interrupted
+        // beyond the uncommitted run itself.
+        let reopened = h.store().into_inner().unwrap();
+        assert!(reopened.interrupted.iter().all(|i| i.step.is_empty()));
+    }
+}
