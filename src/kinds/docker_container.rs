@@ -436,7 +436,7 @@ impl StepKind for DockerContainer {
                     ),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

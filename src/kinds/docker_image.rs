@@ -57,7 +57,14 @@ struct Context {
 }
 
 impl Config {
-    fn context(&self, ctx: &StepCtx<'_>) -> Result<Context> {
+    /// Packs the context. `labels`, when given, are appended to the Dockerfile as one `LABEL`
+    /// instruction: one build step, where the API's `labels` option adds a step per label.
+    /// The hash covers the files as they are, not the labels (which carry the run id).
+    fn context(
+        &self,
+        ctx: &StepCtx<'_>,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> Result<Context> {
         let tree = ctx.source.resolve_dir(&self.context)?;
         let files = tree.files()?;
         if !files.iter().any(|f| f.path == self.dockerfile) {
@@ -75,25 +82,37 @@ impl Config {
             .find(|f| f.path == ".dockerignore")
             .map(|f| IgnoreRules::parse(&String::from_utf8_lossy(&f.contents)))
             .unwrap_or_else(|| IgnoreRules::parse(""));
+        let mut hashed: Vec<&[u8]> = vec![self.dockerfile.as_bytes(), self.tag.as_bytes()];
+        let args = serde_json::to_vec(&self.build_args).expect("strings serialize");
+        hashed.push(&args);
         let mut builder = tar::Builder::new(Vec::new());
         for f in files
             .iter()
             .filter(|f| f.path == self.dockerfile || !ignore.is_ignored(&f.path))
         {
+            hashed.push(f.path.as_bytes());
+            hashed.push(&f.contents);
+            let mut contents = f.contents.clone();
+            if let (true, Some(labels)) = (f.path == self.dockerfile, labels) {
+                let pairs: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", serde_json::Value::from(v.as_str())))
+                    .collect();
+                contents.extend_from_slice(format!("\nLABEL {}\n", pairs.join(" ")).as_bytes());
+            }
             let mut header = tar::Header::new_gnu();
-            header.set_size(f.contents.len() as u64);
+            header.set_size(contents.len() as u64);
             header.set_mode(f.mode);
             header.set_mtime(0);
             header.set_cksum();
             builder
-                .append_data(&mut header, &f.path, f.contents.as_slice())
+                .append_data(&mut header, &f.path, contents.as_slice())
                 .map_err(|e| Error::io(format!("packing {}", f.path), e))?;
         }
+        let hash = input_hash(&hashed);
         let tar = builder
             .into_inner()
             .map_err(|e| Error::io("packing the build context", e))?;
-        let args = serde_json::to_vec(&self.build_args).expect("strings serialize");
-        let hash = input_hash(&[&tar, self.dockerfile.as_bytes(), &args, self.tag.as_bytes()]);
         Ok(Context { tar, hash })
     }
 }
@@ -158,7 +177,7 @@ impl StepKind for DockerImage {
         _pending: bool,
     ) -> Result<Observation> {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
-        let context = config.context(ctx)?;
+        let context = config.context(ctx, None)?;
         let found = self.find(ctx, Some(ctx.step)).await?;
         let Some(current) = found.iter().find(|f| f.hash == context.hash) else {
             return Ok(match found.first() {
@@ -231,12 +250,8 @@ impl StepKind for DockerImage {
                 .map_err(|e| api_error("tagging the image", e))?;
             return Ok(observed.outputs.clone());
         }
-        let context = config.context(ctx)?;
-        let labels: HashMap<String, String> = ctx
-            .ownership
-            .labels(ctx.step, &context.hash)
-            .into_iter()
-            .collect();
+        let hash = config.context(ctx, None)?.hash;
+        let context = config.context(ctx, Some(&ctx.ownership.labels(ctx.step, &hash)))?;
         let args: HashMap<String, String> = config.build_args.clone().into_iter().collect();
         let options = BuildImageOptionsBuilder::default()
             .dockerfile(&config.dockerfile)
@@ -244,11 +259,12 @@ impl StepKind for DockerImage {
             .rm(true)
             .forcerm(true)
             .buildargs(&args)
-            .labels(&labels)
             .build();
         let mut stream =
             docker.build_image(options, None, Some(bollard::body_full(context.tar.into())));
         let mut tail: Vec<String> = Vec::new();
+        // Layers this build committed: removed again if the build fails.
+        let mut layers: Vec<String> = Vec::new();
         let mut id = None;
         let mut failure = None;
         let build = async {
@@ -259,6 +275,9 @@ impl StepKind for DockerImage {
                             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                                 ctx.log(line);
                                 tail.push(line.to_string());
+                                if let Some(layer) = line.trim().strip_prefix("---> ") {
+                                    layers.push(layer.trim().to_string());
+                                }
                             }
                         }
                         if let Some(image) = &info.aux {
@@ -285,6 +304,19 @@ impl StepKind for DockerImage {
             ));
         }
         if let Some(message) = failure {
+            // Nothing half-made: drop the untagged layers of the failed build that nothing else
+            // uses. Tagged images (the FROM base) are never touched, and the engine refuses to
+            // remove a layer another image builds on, which is right.
+            for layer in layers.iter().rev() {
+                let untagged = docker
+                    .inspect_image(layer)
+                    .await
+                    .is_ok_and(|i| i.repo_tags.unwrap_or_default().is_empty());
+                if untagged {
+                    let options = RemoveImageOptionsBuilder::default().force(false).build();
+                    let _ = docker.remove_image(layer, Some(options), None).await;
+                }
+            }
             return Err(Error::Backend {
                 message: format!("building {} failed: {}", config.tag, message.trim()),
                 detail: Some(tail.join("\n")),
