@@ -272,3 +272,56 @@ fn an_unreachable_engine_says_how_to_start_one() {
         "{doctor:?}"
     );
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_and_a_second_labctl_waits_for_the_lock() {
+    let mut s = Student::new("sigint");
+    custom_td4(
+        &mut s,
+        |d| d.replace("USER node", "RUN sleep 8\nUSER node"),
+        |spec| spec.to_string(),
+    );
+    let mut child = s.labctl().args(["--json", "-v", "td4", "up"]).spawn();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // Wait until the build is in its slow step.
+    for line in lines.by_ref() {
+        if line.unwrap().contains("RUN sleep 8") {
+            break;
+        }
+    }
+
+    // Meanwhile another labctl on the same lab fails clearly once its lock timeout is over.
+    s.labctl()
+        .args(["--lock-timeout", "1", "td4", "up"])
+        .run()
+        .code(1)
+        .stderr_has("locked by another labctl")
+        .stderr_has("labctl td4 up");
+
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "Ctrl-C exits 130");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let last: serde_json::Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+    assert_eq!(
+        (last["event"].as_str(), last["exit_code"].as_i64()),
+        (Some("summary"), Some(130))
+    );
+
+    let up = s.labctl().args(["--json", "td4", "up"]).run().success();
+    assert!(
+        up.events()
+            .iter()
+            .any(|e| e["event"] == "recovered" && e["step"] == "image")
+    );
+    s.labctl().args(["-q", "td4", "down"]).run().success();
+    assert!(containers_of(&s.owner).is_empty() && images_of(&s.owner).is_empty());
+}
