@@ -23,7 +23,7 @@ LABCTL="$CARGO_TARGET_DIR/debug/labctl"
 labctl() { "$LABCTL" -q --yes --owner "$OWNER" --state-dir "$STATE" -p "port=$PORT_L" -p "base_image=$BASE" "$@"; }
 
 manual_up() {
-  DOCKER_BUILDKIT=0 docker build -q -t bench/sample-app:v4 --build-arg "BASE_IMAGE=$BASE" apps/sample-app >/dev/null
+  DOCKER_BUILDKIT=0 docker build -q -t bench/sample-app:v4 --build-arg "BASE_IMAGE=$BASE" apps/sample-app >/dev/null 2>&1
   docker rm -f bench-sample-app >/dev/null 2>&1 || true
   docker run -d --name bench-sample-app -p "127.0.0.1:$PORT_M:8080" bench/sample-app:v4 >/dev/null
   until curl -sf "http://127.0.0.1:$PORT_M/" >/dev/null; do sleep 0.25; done
@@ -45,7 +45,7 @@ add() { samples[$1]="${samples[$1]:-} $2"; }
 
 # Warm the layer cache once (npm ci runs here) and pin it with a tagged anchor image, so that
 # neither side's clean-up prunes the layers the other reuses: every round compares warm builds.
-DOCKER_BUILDKIT=0 docker build -q -t bench/cache-anchor --build-arg "BASE_IMAGE=$BASE" apps/sample-app >/dev/null
+DOCKER_BUILDKIT=0 docker build -q -t bench/cache-anchor --build-arg "BASE_IMAGE=$BASE" apps/sample-app >/dev/null 2>&1
 labctl td4 up >/dev/null; labctl td4 down >/dev/null
 manual_up; manual_down
 

@@ -32,44 +32,20 @@ impl Catalog {
             let name = file.trim_end_matches(".yaml").to_string();
             entries.insert(
                 name.clone(),
-                Entry {
-                    name,
-                    source: SpecSource::Builtin { file: file.into() },
-                    text: text.into(),
-                },
+                Entry { name, source: SpecSource::Builtin { file: file.into() }, text: text.into() },
             );
         }
         if let Some(dir) = labs_dir {
             let read = std::fs::read_dir(dir).map_err(|e| {
-                Error::io(
-                    format!(
-                        "reading the labs dir {} (from --labs-dir / LABCTL_LABS_DIR)",
-                        dir.display()
-                    ),
-                    e,
-                )
+                Error::io(format!("reading the labs dir {} (from --labs-dir / LABCTL_LABS_DIR)", dir.display()), e)
             })?;
             let mut paths: Vec<_> = read.filter_map(|e| e.ok()).map(|e| e.path()).collect();
             paths.sort();
-            for path in paths
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-            {
-                let name = path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-                entries.insert(
-                    name.clone(),
-                    Entry {
-                        name,
-                        source: SpecSource::Disk { path },
-                        text,
-                    },
-                );
+            for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")) {
+                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                entries.insert(name.clone(), Entry { name, source: SpecSource::Disk { path }, text });
             }
         }
         Ok(Catalog { entries })
@@ -84,10 +60,7 @@ impl Catalog {
     }
 
     pub fn get(&self, name: &str) -> Result<&Entry> {
-        self.entries.get(name).ok_or_else(|| Error::UnknownLab {
-            name: name.into(),
-            known: self.names(),
-        })
+        self.entries.get(name).ok_or_else(|| Error::UnknownLab { name: name.into(), known: self.names() })
     }
 }
 
@@ -100,27 +73,15 @@ impl Entry {
             return Err(Error::Spec {
                 file,
                 line: 1,
-                message: format!(
-                    "field `lab`: `{}` does not match the file name `{}.yaml`",
-                    spec.name, self.name
-                ),
+                message: format!("field `lab`: `{}` does not match the file name `{}.yaml`", spec.name, self.name),
             });
         }
         // Render with placeholder outputs, so the kind sees the shapes it will get.
         let outputs = HashMap::new();
-        let scope = Scope {
-            lab: &spec.name,
-            owner: "owner",
-            profile: "profile",
-            params: &spec.params,
-            outputs: &outputs,
-        };
+        let scope =
+            Scope { lab: &spec.name, owner: "owner", profile: "profile", params: &spec.params, outputs: &outputs };
         for step in spec.steps.values() {
-            let at = |message: String| Error::Spec {
-                file: file.clone(),
-                line: step.line,
-                message,
-            };
+            let at = |message: String| Error::Spec { file: file.clone(), line: step.line, message };
             let kind = registry.get(&step.kind).ok_or_else(|| {
                 at(format!(
                     "step `{}`: unknown kind `{}` (known kinds: {})",
@@ -129,19 +90,14 @@ impl Entry {
                     registry.names().join(", ")
                 ))
             })?;
-            let rendered = scope
-                .render(&step.config)
-                .map_err(|m| at(format!("step `{}`: {m}", step.name)))?;
-            kind.validate(&rendered.value)
-                .map_err(|m| at(format!("step `{}` ({}): {m}", step.name, step.kind)))?;
+            let rendered = scope.render(&step.config).map_err(|m| at(format!("step `{}`: {m}", step.name)))?;
+            kind.validate(&rendered.value).map_err(|m| at(format!("step `{}` ({}): {m}", step.name, step.kind)))?;
         }
         Ok(spec)
     }
 }
 
 /// Deserializes a kind's config, turning serde's message into one that names the field.
-pub fn typed_config<T: serde::de::DeserializeOwned>(
-    config: &Value,
-) -> std::result::Result<T, String> {
+pub fn typed_config<T: serde::de::DeserializeOwned>(config: &Value) -> std::result::Result<T, String> {
     serde_json::from_value(config.clone()).map_err(|e| e.to_string())
 }

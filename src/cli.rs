@@ -44,13 +44,7 @@ pub struct GlobalArgs {
     pub json: bool,
 
     /// Only errors and the final result (hides build logs)
-    #[arg(
-        long,
-        short = 'q',
-        global = true,
-        env = "LABCTL_QUIET",
-        conflicts_with = "verbose"
-    )]
+    #[arg(long, short = 'q', global = true, env = "LABCTL_QUIET", conflicts_with = "verbose")]
     pub quiet: bool,
 
     /// Stream every log line (build output) in full
@@ -62,13 +56,7 @@ pub struct GlobalArgs {
     pub yes: bool,
 
     /// Seconds to wait for another labctl working on the same lab
-    #[arg(
-        long,
-        global = true,
-        env = "LABCTL_LOCK_TIMEOUT",
-        default_value_t = 30,
-        value_name = "SECS"
-    )]
+    #[arg(long, global = true, env = "LABCTL_LOCK_TIMEOUT", default_value_t = 30, value_name = "SECS")]
     pub lock_timeout: u64,
 }
 
@@ -129,20 +117,20 @@ pub fn command(labs: &[(String, String)]) -> Command {
         .subcommand_required(true)
         .allow_external_subcommands(true)
         .subcommand(Command::new("list").about("List the labs with a one-line description and their recorded status"))
-        .subcommand(Command::new("doctor").about("Check every backend the labs need and say how to fix what is missing"))
         .subcommand(
-            Command::new("completions").about("Print shell completions (e.g. `labctl completions bash > /etc/bash_completion.d/labctl`)").arg(
-                clap::Arg::new("shell").required(true).value_parser(clap::value_parser!(clap_complete::Shell)),
-            ),
+            Command::new("doctor").about("Check every backend the labs need and say how to fix what is missing"),
+        )
+        .subcommand(
+            Command::new("completions")
+                .about("Print shell completions (e.g. `labctl completions bash > /etc/bash_completion.d/labctl`)")
+                .arg(clap::Arg::new("shell").required(true).value_parser(clap::value_parser!(clap_complete::Shell))),
         );
     cmd = GlobalArgs::augment_args(cmd);
     for (name, title) in labs {
         let lab = Command::new(name.clone())
             .about(title.clone())
             .subcommand_required(true)
-            .after_help(format!(
-                "Example: labctl {name} up && labctl {name} status && labctl {name} down"
-            ));
+            .after_help(format!("Example: labctl {name} up && labctl {name} status && labctl {name} down"));
         cmd = cmd.subcommand(LabAction::augment_subcommands(lab));
     }
     cmd

@@ -21,39 +21,24 @@ pub struct App<'a> {
 }
 
 fn run_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     format!("{:x}-{:x}", nanos, std::process::id())
 }
 
 impl App<'_> {
     fn lab_dir(&self, lab: &str) -> std::path::PathBuf {
-        state::lab_dir(
-            &self.settings.state_dir,
-            &self.settings.profile_name,
-            &self.settings.owner,
-            lab,
-        )
+        state::lab_dir(&self.settings.state_dir, &self.settings.profile_name, &self.settings.owner, lab)
     }
 
     pub fn list(&self) -> Result<i32> {
         for entry in self.catalog.entries() {
             let (title, status) = match entry.parse(self.registry) {
-                Ok(spec) => (
-                    spec.title,
-                    state::peek_status(&self.lab_dir(&entry.name))
-                        .unwrap_or_else(|| "not up".into()),
-                ),
+                Ok(spec) => {
+                    (spec.title, state::peek_status(&self.lab_dir(&entry.name)).unwrap_or_else(|| "not up".into()))
+                }
                 Err(e) => (e.to_string(), "invalid".into()),
             };
-            self.printer.event(Event::Lab {
-                name: entry.name.clone(),
-                title,
-                status,
-                source: entry.source.label(),
-            });
+            self.printer.event(Event::Lab { name: entry.name.clone(), title, status, source: entry.source.label() });
         }
         Ok(0)
     }
@@ -76,22 +61,14 @@ impl App<'_> {
                 }
             };
             for step in spec.steps.values() {
-                let kind = self
-                    .registry
-                    .get(&step.kind)
-                    .expect("parse checked the kind");
+                let kind = self.registry.get(&step.kind).expect("parse checked the kind");
                 for d in kind.diagnose().await {
                     if seen.contains(&d.name) {
                         continue;
                     }
                     seen.push(d.name.clone());
                     failed += usize::from(!d.ok);
-                    self.printer.event(Event::Doctor {
-                        name: d.name,
-                        ok: d.ok,
-                        detail: d.detail,
-                        fix: d.fix,
-                    });
+                    self.printer.event(Event::Doctor { name: d.name, ok: d.ok, detail: d.detail, fix: d.fix });
                 }
             }
         }
@@ -114,10 +91,7 @@ impl App<'_> {
         let started = Instant::now();
         let entry = self.catalog.get(lab)?;
         let mut spec = entry.parse(self.registry)?;
-        spec.set_params(
-            &self.settings.profile_params(lab),
-            &format!("profile `{}`", self.settings.profile_name),
-        )?;
+        spec.set_params(&self.settings.profile_params(lab), &format!("profile `{}`", self.settings.profile_name))?;
         spec.set_params(&self.settings.params, "--param")?;
         let ownership = Ownership {
             lab: spec.name.clone(),
@@ -138,6 +112,7 @@ impl App<'_> {
             registry: self.registry,
             printer: self.printer,
             ownership,
+            secrets_dir: self.lab_dir(lab),
         };
         let tally = Mutex::new(Tally::default());
 
@@ -153,22 +128,12 @@ impl App<'_> {
                 code
             }),
             LabAction::Verify => run.verify(&tally).await.map(|_| 0),
-            LabAction::Up => {
-                self.mutating(lab, action, |store| run.up(store, &tally))
-                    .await
-            }
+            LabAction::Up => self.mutating(lab, action, |store| run.up(store, &tally)).await,
             LabAction::Down { sweep } => {
-                if !self.confirm(&format!(
-                    "Remove everything lab {lab} made for owner {}?",
-                    self.settings.owner
-                )) {
-                    return Err(Error::usage(
-                        "cancelled: nothing was removed",
-                        "pass --yes to skip the question",
-                    ));
+                if !self.confirm(&format!("Remove everything lab {lab} made for owner {}?", self.settings.owner)) {
+                    return Err(Error::usage("cancelled: nothing was removed", "pass --yes to skip the question"));
                 }
-                self.mutating(lab, action, |store| run.down(store, &tally, sweep))
-                    .await
+                self.mutating(lab, action, |store| run.down(store, &tally, sweep)).await
             }
         };
         let code = match &result {
@@ -204,9 +169,7 @@ impl App<'_> {
     {
         let dir = self.lab_dir(lab);
         let command = format!("{lab} {}", action.name());
-        let store = StateStore::open(&dir, &command, self.settings.lock_timeout, |m| {
-            self.printer.note(m)
-        })?;
+        let store = StateStore::open(&dir, &command, self.settings.lock_timeout, |m| self.printer.note(m))?;
         for i in &store.interrupted {
             self.printer.event(Event::Recovered {
                 step: i.step.clone(),
@@ -229,10 +192,7 @@ impl App<'_> {
             (Err(e), _) if e.exit_code() == 3 => "verify failed",
             (Err(_), _) => "failed",
         };
-        store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .commit(status)?;
+        store.lock().unwrap_or_else(|e| e.into_inner()).commit(status)?;
         result.map(|_| 0)
     }
 
@@ -242,8 +202,7 @@ impl App<'_> {
         }
         self.printer.note(&format!("{question} [y/N]"));
         let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer).is_ok()
-            && matches!(answer.trim(), "y" | "Y" | "yes")
+        std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
     }
 }
 

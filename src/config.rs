@@ -18,9 +18,46 @@ use crate::printer::Verbosity;
 pub struct Profile {
     /// Docker engine address (`unix://…`, `tcp://…`); default: DOCKER_HOST, then the local socket.
     pub docker_host: Option<String>,
+    /// Where the AWS API is: a real account (credential chain, profile, region) or an emulator.
+    #[serde(default)]
+    pub aws: AwsSettings,
     /// Lab parameters for this profile: `params: { td4: { port: 8081 } }`.
     #[serde(default)]
     pub params: IndexMap<String, IndexMap<String, Value>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    /// Named profile of the AWS shared config/credentials files (default: the SDK's chain).
+    pub profile: Option<String>,
+    /// Region (default: the SDK's chain, AWS_REGION / the shared config).
+    pub region: Option<String>,
+    /// API endpoint override (also `AWS_ENDPOINT_URL`), for emulators.
+    pub endpoint_url: Option<String>,
+    /// An emulator (LocalStack): test credentials, and `verify` never connects to instances.
+    #[serde(default)]
+    pub emulator: bool,
+}
+
+impl Profile {
+    /// The profiles every config has: `default` (nothing overridden) and `localstack`
+    /// (LocalStack on 127.0.0.1:4566, us-east-2). A config file may redefine both.
+    fn builtin(name: &str) -> Option<Profile> {
+        match name {
+            "default" => Some(Profile::default()),
+            "localstack" => Some(Profile {
+                aws: AwsSettings {
+                    profile: None,
+                    region: Some("us-east-2".into()),
+                    endpoint_url: Some("http://127.0.0.1:4566".into()),
+                    emulator: true,
+                },
+                ..Profile::default()
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,55 +87,37 @@ pub struct Settings {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
 }
 
 fn xdg(var: &str, fallback: &str) -> PathBuf {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(fallback))
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| home().join(fallback))
 }
 
 /// The config file to read: the one named explicitly (it must exist), or the default if present.
 fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
     match explicit {
         Some(p) => Some(p.to_path_buf()),
-        None => Some(xdg("XDG_CONFIG_HOME", ".config").join("labctl/config.yaml"))
-            .filter(|p| p.exists()),
+        None => Some(xdg("XDG_CONFIG_HOME", ".config").join("labctl/config.yaml")).filter(|p| p.exists()),
     }
 }
 
 fn read_config(path: &Path) -> Result<FileConfig> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
-        file: file.clone(),
-        message: format!("cannot read it: {e}"),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config { file: file.clone(), message: format!("cannot read it: {e}") })?;
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
     serde_saphyr::from_str(&text).map_err(|e| {
-        let line = e
-            .location()
-            .map(|l| format!("line {}: ", l.line()))
-            .unwrap_or_default();
-        Error::Config {
-            file,
-            message: format!("{line}{}", e.to_string().lines().next().unwrap_or_default()),
-        }
+        let line = e.location().map(|l| format!("line {}: ", l.line())).unwrap_or_default();
+        Error::Config { file, message: format!("{line}{}", e.to_string().lines().next().unwrap_or_default()) }
     })
 }
 
 /// A user name turned into an owner id: lowercase letters, digits and '-'.
 fn owner_from_user(user: &str) -> String {
-    let s: String = user
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let s: String = user.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     let s = s.trim_matches('-').chars().take(30).collect::<String>();
     if s.is_empty() { "student".into() } else { s }
 }
@@ -126,23 +145,15 @@ impl Settings {
             .or(file.owner.clone())
             .unwrap_or_else(|| owner_from_user(&std::env::var("USER").unwrap_or_default()));
         check_owner(&owner)?;
-        let profile_name = args
-            .profile
-            .clone()
-            .or(file.profile.clone())
-            .unwrap_or_else(|| "default".into());
-        let profile = match file.profiles.get(&profile_name) {
-            Some(p) => p.clone(),
-            None if profile_name == "default" => Profile::default(),
+        let profile_name = args.profile.clone().or(file.profile.clone()).unwrap_or_else(|| "default".into());
+        let profile = match file.profiles.get(&profile_name).cloned().or_else(|| Profile::builtin(&profile_name)) {
+            Some(p) => p,
             None => {
-                let mut known: Vec<String> = file.profiles.keys().cloned().collect();
-                known.insert(0, "default".into());
+                let mut known: Vec<String> = vec!["default".into(), "localstack".into()];
+                known.extend(file.profiles.keys().filter(|k| Profile::builtin(k).is_none()).cloned());
                 return Err(Error::usage(
                     format!("unknown profile `{profile_name}`"),
-                    format!(
-                        "profiles defined in the config file: {} (add one under `profiles:`)",
-                        known.join(", ")
-                    ),
+                    format!("known profiles: {} (add one under `profiles:` in the config file)", known.join(", ")),
                 ));
             }
         };
@@ -155,10 +166,7 @@ impl Settings {
         let mut params = IndexMap::new();
         for raw in &args.param {
             let Some((k, v)) = raw.split_once('=') else {
-                return Err(Error::usage(
-                    format!("--param `{raw}` is not KEY=VALUE"),
-                    "e.g. --param port=8081",
-                ));
+                return Err(Error::usage(format!("--param `{raw}` is not KEY=VALUE"), "e.g. --param port=8081"));
             };
             params.insert(k.trim().to_string(), v.to_string());
         }
@@ -193,14 +201,7 @@ impl Settings {
             .params
             .get(lab)
             .map(|m| {
-                m.iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.as_str().map(String::from).unwrap_or(v.to_string()),
-                        )
-                    })
-                    .collect()
+                m.iter().map(|(k, v)| (k.clone(), v.as_str().map(String::from).unwrap_or(v.to_string()))).collect()
             })
             .unwrap_or_default()
     }
@@ -223,15 +224,8 @@ mod tests {
     fn malformed_config_names_the_file_and_line() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("config.yaml");
-        std::fs::write(
-            &path,
-            "owner: alice\nprofiles:\n  ci:\n    docker_hots: x\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "owner: alice\nprofiles:\n  ci:\n    docker_hots: x\n").unwrap();
         let err = read_config(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("config.yaml") && err.contains("line 4") && err.contains("docker_hots"),
-            "{err}"
-        );
+        assert!(err.contains("config.yaml") && err.contains("line 4") && err.contains("docker_hots"), "{err}");
     }
 }

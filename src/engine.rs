@@ -16,9 +16,7 @@ use crate::printer::{Event, Printer};
 use crate::probe;
 use crate::spec::{LabSpec, Rendered, Scope};
 use crate::state::{JournalEntry, Phase, StateStore, now};
-use crate::step::{
-    Action, CheckResult, Observation, Outputs, Ownership, Registry, StepCtx, StepKind,
-};
+use crate::step::{Action, CheckResult, Observation, Outputs, Ownership, Registry, StepCtx, StepKind};
 
 /// Counts for the final summary.
 #[derive(Debug, Default, Clone)]
@@ -45,6 +43,7 @@ pub struct Run<'a> {
     pub registry: &'a Registry,
     pub printer: &'a Printer,
     pub ownership: Ownership,
+    pub secrets_dir: std::path::PathBuf,
 }
 
 type StepFuture<'f> = LocalBoxFuture<'f, (String, Result<Outputs>)>;
@@ -53,23 +52,11 @@ impl<'a> Run<'a> {
     fn kind(&self, step: &str) -> &'a dyn StepKind {
         let kind = &self.spec.steps[step].kind;
         // Catalog::parse checked every kind exists before a Run is made.
-        self.registry
-            .get(kind)
-            .map(|k| k.as_ref())
-            .expect("kinds are checked when the spec is loaded")
+        self.registry.get(kind).map(|k| k.as_ref()).expect("kinds are checked when the spec is loaded")
     }
 
-    fn ctx<'c>(
-        &'c self,
-        step: &'c str,
-        activity: Option<&'c crate::printer::Activity<'c>>,
-    ) -> StepCtx<'c> {
-        StepCtx {
-            step,
-            ownership: &self.ownership,
-            source: self.source,
-            activity,
-        }
+    fn ctx<'c>(&'c self, step: &'c str, activity: Option<&'c crate::printer::Activity<'c>>) -> StepCtx<'c> {
+        StepCtx { step, ownership: &self.ownership, source: self.source, secrets_dir: &self.secrets_dir, activity }
     }
 
     fn render(&self, step: &str, outputs: &HashMap<String, Outputs>) -> Result<Rendered> {
@@ -80,13 +67,12 @@ impl<'a> Run<'a> {
             params: &self.spec.params,
             outputs,
         };
-        scope
-            .render(&self.spec.steps[step].config)
-            .map_err(|m| Error::backend(m).in_step(step))
+        scope.render(&self.spec.steps[step].config).map_err(|m| Error::backend(m).in_step(step))
     }
 
     /// Read-only pass over the whole graph in dependency order. A step's outputs feed the next
-    /// steps only if it will not change; otherwise they are "known after apply".
+    /// steps if it will not change or only be updated in place; otherwise they are "known after
+    /// apply".
     pub async fn observe_all(&self) -> Result<Vec<StepPlan>> {
         let mut known: HashMap<String, Outputs> = HashMap::new();
         let mut plans = Vec::new();
@@ -97,14 +83,12 @@ impl<'a> Run<'a> {
                 .observe(&self.ctx(&step, None), &desired.value, desired.pending)
                 .await
                 .map_err(|e| e.in_step(&step))?;
-            if observation.action == Action::None {
+            // An in-place update keeps the resource's identity (id, name): later steps can use it.
+            let keeps_identity = observation.action == Action::Update && !observation.outputs.is_empty();
+            if observation.action == Action::None || keeps_identity {
                 known.insert(step.clone(), observation.outputs.clone());
             }
-            plans.push(StepPlan {
-                step,
-                desired,
-                observation,
-            });
+            plans.push(StepPlan { step, desired, observation });
         }
         Ok(plans)
     }
@@ -136,11 +120,7 @@ impl<'a> Run<'a> {
     ) -> Result<HashMap<String, Outputs>> {
         let order = self.spec.topo_order();
         let blockers = |step: &str| -> Vec<String> {
-            if reverse {
-                self.spec.dependents(step)
-            } else {
-                self.spec.steps[step].deps.clone()
-            }
+            if reverse { self.spec.dependents(step) } else { self.spec.steps[step].deps.clone() }
         };
         let mut outputs: HashMap<String, Outputs> = HashMap::new();
         let mut done: HashSet<String> = HashSet::new();
@@ -196,10 +176,7 @@ impl<'a> Run<'a> {
             phase,
             outputs,
         };
-        store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(entry)
+        store.lock().unwrap_or_else(|e| e.into_inner()).record(entry)
     }
 
     /// Converges every step, then verifies. Nothing is mutated unless every preflight passes.
@@ -214,8 +191,7 @@ impl<'a> Run<'a> {
                     .map_err(|e| e.in_step(&p.step))?;
             }
         }
-        let mut planned: HashMap<String, StepPlan> =
-            plans.into_iter().map(|p| (p.step.clone(), p)).collect();
+        let mut planned: HashMap<String, StepPlan> = plans.into_iter().map(|p| (p.step.clone(), p)).collect();
         let outputs = self
             .walk(false, |step, outputs| {
                 let plan = planned.remove(step).expect("each step is launched once");
@@ -225,10 +201,7 @@ impl<'a> Run<'a> {
                     let result = self.converge(&step, plan, desired, store, tally).await;
                     if let Err(e) = &result {
                         tally.lock().unwrap().failed += 1;
-                        self.printer.event(Event::Failed {
-                            step: step.clone(),
-                            error: e.to_string(),
-                        });
+                        self.printer.event(Event::Failed { step: step.clone(), error: e.to_string() });
                     }
                     (step, result)
                 }) as StepFuture)
@@ -251,14 +224,11 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         // Inputs that were unknown at plan time are known now: look again.
         let observation = if plan.desired != desired {
-            kind.observe(&self.ctx(step, None), &desired.value, desired.pending)
-                .await?
+            kind.observe(&self.ctx(step, None), &desired.value, desired.pending).await?
         } else {
             plan.observation
         };
-        let activity = self
-            .printer
-            .activity(step, &format!("{} …", observation.reason));
+        let activity = self.printer.activity(step, &format!("{} …", observation.reason));
         let ctx = self.ctx(step, Some(&activity));
         let outputs = if observation.action == Action::None {
             observation.outputs.clone()
@@ -272,13 +242,7 @@ impl<'a> Run<'a> {
             self.journal(store, step, action.as_str(), Phase::Intent, None)?;
             match kind.apply(&ctx, &desired.value, &observation).await {
                 Ok(outputs) => {
-                    self.journal(
-                        store,
-                        step,
-                        action.as_str(),
-                        Phase::Done,
-                        Some(outputs.clone()),
-                    )?;
+                    self.journal(store, step, action.as_str(), Phase::Done, Some(outputs.clone()))?;
                     outputs
                 }
                 Err(e) => {
@@ -292,10 +256,7 @@ impl<'a> Run<'a> {
         let shown = Value::Object(outputs.clone());
         if observation.action == Action::None {
             tally.lock().unwrap().unchanged += 1;
-            self.printer.event(Event::Unchanged {
-                step: step.into(),
-                outputs: shown,
-            });
+            self.printer.event(Event::Unchanged { step: step.into(), outputs: shown });
         } else {
             tally.lock().unwrap().changed += 1;
             self.printer.event(Event::Changed {
@@ -351,10 +312,7 @@ impl<'a> Run<'a> {
                     CheckResult {
                         name: format!("step `{}` is up", p.step),
                         ok: false,
-                        detail: format!(
-                            "{} (run `labctl {} up`)",
-                            p.observation.reason, self.spec.name
-                        ),
+                        detail: format!("{} (run `labctl {} up`)", p.observation.reason, self.spec.name),
                     },
                 );
             }
@@ -362,23 +320,14 @@ impl<'a> Run<'a> {
         self.check_all(&outputs, tally).await
     }
 
-    async fn check_all(
-        &self,
-        outputs: &HashMap<String, Outputs>,
-        tally: &Mutex<Tally>,
-    ) -> Result<()> {
+    async fn check_all(&self, outputs: &HashMap<String, Outputs>, tally: &Mutex<Tally>) -> Result<()> {
         for step in self.spec.topo_order() {
             let Some(outs) = outputs.get(&step) else {
                 continue;
             };
             let desired = self.render(&step, outputs)?;
             let ctx = self.ctx(&step, None);
-            for check in self
-                .kind(&step)
-                .verify(&ctx, &desired.value, outs)
-                .await
-                .map_err(|e| e.in_step(&step))?
-            {
+            for check in self.kind(&step).verify(&ctx, &desired.value, outs).await.map_err(|e| e.in_step(&step))? {
                 self.report_check(tally, check);
             }
         }
@@ -391,19 +340,13 @@ impl<'a> Run<'a> {
         };
         let checks = self.spec.verify.iter().map(|check| async {
             match scope.render_str(&check.http.url) {
-                Ok(url) if !url.pending => {
-                    probe::run_check(check, url.value.as_str().unwrap_or_default()).await
-                }
+                Ok(url) if !url.pending => probe::run_check(check, url.value.as_str().unwrap_or_default()).await,
                 Ok(_) => CheckResult {
                     name: check.http.url.clone(),
                     ok: false,
                     detail: "depends on a step that is not up".into(),
                 },
-                Err(m) => CheckResult {
-                    name: check.http.url.clone(),
-                    ok: false,
-                    detail: m,
-                },
+                Err(m) => CheckResult { name: check.http.url.clone(), ok: false, detail: m },
             }
         });
         for result in futures_util::future::join_all(checks).await {
@@ -411,10 +354,7 @@ impl<'a> Run<'a> {
         }
         let t = tally.lock().unwrap();
         if t.checks_failed > 0 {
-            return Err(Error::VerifyFailed {
-                failed: t.checks_failed,
-                total: t.checks_failed + t.checks_passed,
-            });
+            return Err(Error::VerifyFailed { failed: t.checks_failed, total: t.checks_failed + t.checks_passed });
         }
         Ok(())
     }
@@ -426,11 +366,7 @@ impl<'a> Run<'a> {
         } else {
             t.checks_failed += 1
         }
-        self.printer.event(Event::Check {
-            name: check.name,
-            ok: check.ok,
-            detail: check.detail,
-        });
+        self.printer.event(Event::Check { name: check.name, ok: check.ok, detail: check.detail });
     }
 
     fn print_outputs(&self, outputs: &HashMap<String, Outputs>) {
@@ -448,31 +384,21 @@ impl<'a> Run<'a> {
             }
         }
         if !shown.is_empty() {
-            self.printer.event(Event::Outputs {
-                outputs: Value::Object(shown),
-            });
+            self.printer.event(Event::Outputs { outputs: Value::Object(shown) });
         }
     }
 
     /// Removes every step's resources in reverse dependency order (found by ownership labels,
     /// not by the state file). `sweep` also removes this owner's leftovers of the lab that no
     /// current step claims (a renamed step, a killed run of an older spec).
-    pub async fn down(
-        &self,
-        store: &Mutex<StateStore>,
-        tally: &Mutex<Tally>,
-        sweep: bool,
-    ) -> Result<()> {
+    pub async fn down(&self, store: &Mutex<StateStore>, tally: &Mutex<Tally>, sweep: bool) -> Result<()> {
         self.walk(true, |step, _| {
             let step = step.to_string();
             Ok(Box::pin(async move {
                 let result = self.destroy(&step, Some(&step), store, tally).await;
                 if let Err(e) = &result {
                     tally.lock().unwrap().failed += 1;
-                    self.printer.event(Event::Failed {
-                        step: step.clone(),
-                        error: e.to_string(),
-                    });
+                    self.printer.event(Event::Failed { step: step.clone(), error: e.to_string() });
                 }
                 (step, result.map(|_| Outputs::new()))
             }) as StepFuture)
@@ -484,9 +410,7 @@ impl<'a> Run<'a> {
                 let kind = self.kind(&step);
                 if seen.insert(kind.name()) {
                     let label = format!("sweep:{}", kind.name());
-                    self.destroy(&step, None, store, tally)
-                        .await
-                        .map_err(|e| e.in_step(&label))?;
+                    self.destroy(&step, None, store, tally).await.map_err(|e| e.in_step(&label))?;
                 }
             }
         }
@@ -502,11 +426,7 @@ impl<'a> Run<'a> {
     ) -> Result<()> {
         let kind = self.kind(step);
         let started = Instant::now();
-        let label = if only.is_some() {
-            step.to_string()
-        } else {
-            format!("sweep:{}", kind.name())
-        };
+        let label = if only.is_some() { step.to_string() } else { format!("sweep:{}", kind.name()) };
         let activity = self.printer.activity(&label, "deleting …");
         let ctx = self.ctx(step, Some(&activity));
         if only.is_some() {
@@ -521,17 +441,11 @@ impl<'a> Run<'a> {
             tally.lock().unwrap().unchanged += 1;
             self.printer.event(Event::Unchanged {
                 step: label,
-                outputs: Value::Object(Map::from_iter([(
-                    "removed".to_string(),
-                    Value::from("nothing"),
-                )])),
+                outputs: Value::Object(Map::from_iter([("removed".to_string(), Value::from("nothing"))])),
             });
         } else {
             tally.lock().unwrap().changed += 1;
-            let outputs = Value::Object(Map::from_iter([(
-                "removed".to_string(),
-                Value::from(removed.join(", ")),
-            )]));
+            let outputs = Value::Object(Map::from_iter([("removed".to_string(), Value::from(removed.join(", ")))]));
             self.printer.event(Event::Changed {
                 step: label,
                 action: "deleted".into(),
@@ -574,12 +488,7 @@ mod tests {
         fn validate(&self, _: &Value) -> std::result::Result<(), String> {
             Ok(())
         }
-        async fn observe(
-            &self,
-            ctx: &StepCtx<'_>,
-            desired: &Value,
-            pending: bool,
-        ) -> Result<Observation> {
+        async fn observe(&self, ctx: &StepCtx<'_>, desired: &Value, pending: bool) -> Result<Observation> {
             let made = self.made.lock().unwrap().get(ctx.step).cloned();
             Ok(match made {
                 None => Observation::absent("make it"),
@@ -593,46 +502,26 @@ mod tests {
                 Some(_) => Observation {
                     action: Action::None,
                     reason: "same".into(),
-                    outputs: Outputs::from_iter([(
-                        "id".into(),
-                        Value::from(format!("{}-id", ctx.step)),
-                    )]),
+                    outputs: Outputs::from_iter([("id".into(), Value::from(format!("{}-id", ctx.step)))]),
                     details: vec![],
                     drift: false,
                 },
             })
         }
-        async fn apply(
-            &self,
-            ctx: &StepCtx<'_>,
-            desired: &Value,
-            _: &Observation,
-        ) -> Result<Outputs> {
+        async fn apply(&self, ctx: &StepCtx<'_>, desired: &Value, _: &Observation) -> Result<Outputs> {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("apply {}", ctx.step));
+            self.calls.lock().unwrap().push(format!("apply {}", ctx.step));
             if desired.get("fail").is_some() {
                 return Err(Error::backend("boom"));
             }
-            self.made
-                .lock()
-                .unwrap()
-                .insert(ctx.step.to_string(), desired.clone());
-            Ok(Outputs::from_iter([(
-                "id".into(),
-                Value::from(format!("{}-id", ctx.step)),
-            )]))
+            self.made.lock().unwrap().insert(ctx.step.to_string(), desired.clone());
+            Ok(Outputs::from_iter([("id".into(), Value::from(format!("{}-id", ctx.step)))]))
         }
         async fn destroy(&self, ctx: &StepCtx<'_>, step: Option<&str>) -> Result<Vec<String>> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("destroy {}", ctx.step));
+            self.calls.lock().unwrap().push(format!("destroy {}", ctx.step));
             let gone = self.made.lock().unwrap().remove(step.unwrap_or(ctx.step));
             Ok(gone.into_iter().map(|_| ctx.step.to_string()).collect())
         }
@@ -667,26 +556,21 @@ steps:
                 registry: Registry::default().with(fake.clone()),
                 fake,
                 printer: Printer::new(false, Verbosity::Quiet),
-                source: SpecSource::Builtin {
-                    file: "demo.yaml".into(),
-                },
+                source: SpecSource::Builtin { file: "demo.yaml".into() },
                 dir: tempfile::tempdir().unwrap(),
             }
         }
 
         fn run<'a>(&'a self, spec: &'a LabSpec) -> Run<'a> {
-            let ownership = Ownership {
-                lab: "demo".into(),
-                owner: "o".into(),
-                profile: "p".into(),
-                run_id: "r".into(),
-            };
+            let ownership =
+                Ownership { lab: "demo".into(), owner: "o".into(), profile: "p".into(), run_id: "r".into() };
             Run {
                 spec,
                 source: &self.source,
                 registry: &self.registry,
                 printer: &self.printer,
                 ownership,
+                secrets_dir: self.dir.path().to_path_buf(),
             }
         }
 
@@ -711,16 +595,8 @@ steps:
         let calls = h.calls();
         assert_eq!(calls.first().map(String::as_str), Some("apply base"));
         assert_eq!(calls.last().map(String::as_str), Some("apply top"));
-        assert_eq!(
-            h.fake.max_in_flight.load(Ordering::SeqCst),
-            2,
-            "left and right ran concurrently"
-        );
-        assert_eq!(
-            h.fake.made.lock().unwrap()["left"]["from"],
-            "base-id",
-            "outputs feed later steps"
-        );
+        assert_eq!(h.fake.max_in_flight.load(Ordering::SeqCst), 2, "left and right ran concurrently");
+        assert_eq!(h.fake.made.lock().unwrap()["left"]["from"], "base-id", "outputs feed later steps");
         assert_eq!(tally.lock().unwrap().changed, 4);
 
         let tally = Mutex::new(Tally::default());
@@ -734,16 +610,9 @@ steps:
     async fn a_changed_param_replaces_only_what_depends_on_it() {
         let h = Harness::new();
         let mut spec = LabSpec::parse("demo.yaml", SPEC).unwrap();
-        h.run(&spec)
-            .up(&h.store(), &Mutex::new(Tally::default()))
-            .await
-            .unwrap();
+        h.run(&spec).up(&h.store(), &Mutex::new(Tally::default())).await.unwrap();
         h.calls();
-        spec.set_params(
-            &indexmap::IndexMap::from([("n".to_string(), "2".to_string())]),
-            "test",
-        )
-        .unwrap();
+        spec.set_params(&indexmap::IndexMap::from([("n".to_string(), "2".to_string())]), "test").unwrap();
         let tally = Mutex::new(Tally::default());
         h.run(&spec).up(&h.store(), &tally).await.unwrap();
         assert_eq!(h.calls(), ["apply right"]);
@@ -755,21 +624,13 @@ steps:
     async fn down_walks_the_graph_in_reverse_and_twice_is_a_no_op() {
         let h = Harness::new();
         let spec = LabSpec::parse("demo.yaml", SPEC).unwrap();
-        h.run(&spec)
-            .up(&h.store(), &Mutex::new(Tally::default()))
-            .await
-            .unwrap();
+        h.run(&spec).up(&h.store(), &Mutex::new(Tally::default())).await.unwrap();
         h.calls();
-        h.run(&spec)
-            .down(&h.store(), &Mutex::new(Tally::default()), false)
-            .await
-            .unwrap();
+        h.run(&spec).down(&h.store(), &Mutex::new(Tally::default()), false).await.unwrap();
         let calls = h.calls();
         let pos = |s: &str| calls.iter().position(|c| c == s).unwrap();
         assert_eq!(pos("destroy top"), 0);
-        assert!(
-            pos("destroy left") < pos("destroy base") && pos("destroy right") < pos("destroy base")
-        );
+        assert!(pos("destroy left") < pos("destroy base") && pos("destroy right") < pos("destroy base"));
         let tally = Mutex::new(Tally::default());
         h.run(&spec).down(&h.store(), &tally, false).await.unwrap();
         let t = tally.into_inner().unwrap();
@@ -779,25 +640,12 @@ steps:
     #[tokio::test]
     async fn a_failing_step_stops_its_dependents_and_is_journaled() {
         let h = Harness::new();
-        let spec = LabSpec::parse(
-            "demo.yaml",
-            &SPEC.replace("left: { kind: fake,", "left: { kind: fake, fail: yes,"),
-        )
-        .unwrap();
+        let spec = LabSpec::parse("demo.yaml", &SPEC.replace("left: { kind: fake,", "left: { kind: fake, fail: yes,"))
+            .unwrap();
         let store = h.store();
-        let err = h
-            .run(&spec)
-            .up(&store, &Mutex::new(Tally::default()))
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string().starts_with("step `left` failed: boom"),
-            "{err}"
-        );
-        assert!(
-            !h.calls().contains(&"apply top".to_string()),
-            "top depends on left: never started"
-        );
+        let err = h.run(&spec).up(&store, &Mutex::new(Tally::default())).await.unwrap_err();
+        assert!(err.to_string().starts_with("step `left` failed: boom"), "{err}");
+        assert!(!h.calls().contains(&"apply top".to_string()), "top depends on left: never started");
         let store = store.into_inner().unwrap();
         assert!(store.state.steps.contains_key("base") && !store.state.steps.contains_key("left"));
         drop(store);

@@ -12,36 +12,21 @@ pub enum Error {
 
     /// A lab spec that does not parse or does not make sense. `line` is 1-based, 0 when unknown.
     #[error("{file}:{line}: {message}")]
-    Spec {
-        file: String,
-        line: u64,
-        message: String,
-    },
+    Spec { file: String, line: u64, message: String },
 
     #[error("{file}: {message}")]
     Config { file: String, message: String },
 
     /// Bad command-line or environment input (owner, param, flag value).
     #[error("{message}")]
-    Usage {
-        message: String,
-        hint: Option<String>,
-    },
+    Usage { message: String, hint: Option<String> },
 
     #[error("cannot reach {backend}: {message}")]
-    Unreachable {
-        backend: String,
-        message: String,
-        fix: String,
-    },
+    Unreachable { backend: String, message: String, fix: String },
 
     /// A step kind's own failure, with an optional detail block (e.g. the tail of a build log).
     #[error("{message}")]
-    Backend {
-        message: String,
-        detail: Option<String>,
-        hint: Option<String>,
-    },
+    Backend { message: String, detail: Option<String>, hint: Option<String> },
 
     #[error("step `{step}` failed: {source}")]
     Step { step: String, source: Box<Error> },
@@ -56,43 +41,27 @@ pub enum Error {
     Interrupted,
 
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }
 
 impl Error {
     pub fn backend(message: impl Into<String>) -> Self {
-        Error::Backend {
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
+        Error::Backend { message: message.into(), detail: None, hint: None }
     }
 
     pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Error::Usage {
-            message: message.into(),
-            hint: Some(hint.into()),
-        }
+        Error::Usage { message: message.into(), hint: Some(hint.into()) }
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io { context: context.into(), source }
     }
 
     pub fn in_step(self, step: &str) -> Self {
         match self {
             // Interruption and already-attributed errors keep their identity.
             Error::Interrupted | Error::Step { .. } => self,
-            other => Error::Step {
-                step: step.to_string(),
-                source: Box::new(other),
-            },
+            other => Error::Step { step: step.to_string(), source: Box::new(other) },
         }
     }
 
@@ -126,24 +95,20 @@ impl Error {
                 "known labs: {} (see `labctl list`; add one with a spec file in --labs-dir)",
                 known.join(", ")
             )),
-            Error::Spec { .. } => {
-                Some("fix the lab spec, then check it with `labctl <lab> plan`".into())
-            }
+            Error::Spec { .. } => Some("fix the lab spec, then check it with `labctl <lab> plan`".into()),
             Error::Config { .. } => {
                 Some("fix the config file, or point --config / LABCTL_CONFIG at another one".into())
             }
             Error::Usage { hint, .. } | Error::Backend { hint, .. } => hint.clone(),
             Error::Unreachable { fix, .. } => Some(fix.clone()),
-            Error::VerifyFailed { .. } => Some(
-                "see the failed checks above; `labctl <lab> status` shows the live state".into(),
-            ),
+            Error::VerifyFailed { .. } => {
+                Some("see the failed checks above; `labctl <lab> status` shows the live state".into())
+            }
             Error::Locked { path, .. } => Some(format!(
                 "wait for the other run to finish (or pass --lock-timeout); the lock file is {}",
                 path.display()
             )),
-            Error::Interrupted => {
-                Some("run the same command again: it resumes from the journal".into())
-            }
+            Error::Interrupted => Some("run the same command again: it resumes from the journal".into()),
             _ => None,
         }
     }

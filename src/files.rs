@@ -9,12 +9,14 @@ use crate::error::{Error, Result};
 
 static EMBEDDED_LABS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/labs");
 static EMBEDDED_APPS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/apps");
+static EMBEDDED_USERDATA: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/userdata");
 
 /// Top-level folders of the repository that ship inside the binary.
 fn embedded_root(name: &str) -> Option<&'static Dir<'static>> {
     match name {
         "labs" => Some(&EMBEDDED_LABS),
         "apps" => Some(&EMBEDDED_APPS),
+        "userdata" => Some(&EMBEDDED_USERDATA),
         _ => None,
     }
 }
@@ -65,16 +67,31 @@ impl SpecSource {
             }
         }
         embedded().ok_or_else(|| Error::Backend {
-            message: format!(
-                "folder `{rel}` (relative to {}) does not exist",
-                self.label()
-            ),
+            message: format!("folder `{rel}` (relative to {}) does not exist", self.label()),
+            detail: None,
+            hint: Some("paths in a spec are relative to the spec file; built-in folders are ../apps/…".into()),
+        })
+    }
+}
+
+impl SpecSource {
+    /// Reads a file named relative to the spec (disk first, then the built-in copy).
+    pub fn read_file(&self, rel: &str) -> Result<String> {
+        let path = Path::new(rel);
+        let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+            (Some(d), Some(n)) => (d.to_string_lossy().into_owned(), n.to_string()),
+            _ => return Err(Error::backend(format!("`{rel}` is not a file path"))),
+        };
+        let dir = if dir.is_empty() { ".".to_string() } else { dir };
+        let tree = self.resolve_dir(&dir)?;
+        let file = tree.files()?.into_iter().find(|f| f.path == name).ok_or_else(|| Error::Backend {
+            message: format!("file `{rel}` (relative to {}) does not exist", self.label()),
             detail: None,
             hint: Some(
-                "paths in a spec are relative to the spec file; built-in folders are ../apps/…"
-                    .into(),
+                "paths in a spec are relative to the spec file; built-in files are ../userdata/…, ../apps/…".into(),
             ),
-        })
+        })?;
+        String::from_utf8(file.contents).map_err(|_| Error::backend(format!("`{rel}` is not UTF-8 text")))
     }
 }
 
@@ -147,29 +164,17 @@ fn collect_embedded(dir: &Dir<'static>, root: &Path, out: &mut Vec<TreeFile>) {
 
 fn collect_disk(root: &Path, dir: &Path, out: &mut Vec<TreeFile>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
         let path = entry.path();
-        let meta = entry
-            .metadata()
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let meta = entry.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if meta.is_dir() {
             collect_disk(root, &path, out)?;
         } else if meta.is_file() {
-            let contents = std::fs::read(&path)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .into_owned();
-            out.push(TreeFile {
-                path: rel,
-                contents,
-                mode: meta.permissions().mode() & 0o777,
-            });
+            let contents = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            out.push(TreeFile { path: rel, contents, mode: meta.permissions().mode() & 0o777 });
         }
     }
     Ok(())
@@ -192,10 +197,7 @@ impl IgnoreRules {
                     Some(p) => (true, p.trim()),
                     None => (false, l),
                 };
-                let pat = pat
-                    .trim_start_matches("./")
-                    .trim_start_matches('/')
-                    .trim_end_matches('/');
+                let pat = pat.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
                 (negate, pat.split('/').map(String::from).collect())
             })
             .collect();
@@ -218,12 +220,8 @@ impl IgnoreRules {
 fn match_segments(pat: &[String], path: &[&str]) -> bool {
     match (pat.first(), path.first()) {
         (None, None) => true,
-        (Some(p), _) if p == "**" => {
-            (0..=path.len()).any(|i| match_segments(&pat[1..], &path[i..]))
-        }
-        (Some(p), Some(s)) => {
-            glob(p.as_bytes(), s.as_bytes()) && match_segments(&pat[1..], &path[1..])
-        }
+        (Some(p), _) if p == "**" => (0..=path.len()).any(|i| match_segments(&pat[1..], &path[i..])),
+        (Some(p), Some(s)) => glob(p.as_bytes(), s.as_bytes()) && match_segments(&pat[1..], &path[1..]),
         _ => false,
     }
 }
@@ -244,9 +242,7 @@ mod tests {
 
     #[test]
     fn dockerignore_rules() {
-        let rules = IgnoreRules::parse(
-            "# deps\nnode_modules\n/coverage/\n*.log\n**/*.tmp\ntest\n!test/keep.js\n",
-        );
+        let rules = IgnoreRules::parse("# deps\nnode_modules\n/coverage/\n*.log\n**/*.tmp\ntest\n!test/keep.js\n");
         assert!(rules.is_ignored("node_modules/express/index.js"));
         assert!(rules.is_ignored("coverage/lcov.info"));
         assert!(rules.is_ignored("npm-debug.log"));
@@ -259,9 +255,7 @@ mod tests {
 
     #[test]
     fn builtin_folders_resolve_relative_to_the_spec() {
-        let src = SpecSource::Builtin {
-            file: "td4.yaml".into(),
-        };
+        let src = SpecSource::Builtin { file: "td4.yaml".into() };
         let tree = src.resolve_dir("../apps/sample-app").unwrap();
         let files = tree.files().unwrap();
         assert!(files.iter().any(|f| f.path == "Dockerfile"));
@@ -273,13 +267,8 @@ mod tests {
     #[test]
     fn a_disk_spec_without_the_folder_falls_back_to_the_builtin_copy() {
         let tmp = tempfile::tempdir().unwrap();
-        let src = SpecSource::Disk {
-            path: tmp.path().join("td4.yaml"),
-        };
-        assert!(matches!(
-            src.resolve_dir("../apps/sample-app").unwrap(),
-            Tree::Embedded(_)
-        ));
+        let src = SpecSource::Disk { path: tmp.path().join("td4.yaml") };
+        assert!(matches!(src.resolve_dir("../apps/sample-app").unwrap(), Tree::Embedded(_)));
         std::fs::create_dir_all(tmp.path().join("ctx")).unwrap();
         assert!(matches!(src.resolve_dir("ctx").unwrap(), Tree::Disk(_)));
     }

@@ -29,10 +29,7 @@ use crate::error::Error;
 use crate::printer::{Printer, Verbosity};
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let code = runtime.block_on(run(std::env::args_os().collect()));
     std::process::exit(code);
 }
@@ -48,9 +45,7 @@ fn prescan_labs_dir(args: &[OsString]) -> Option<PathBuf> {
             return Some(PathBuf::from(v));
         }
     }
-    std::env::var_os("LABCTL_LABS_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os("LABCTL_LABS_DIR").filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 async fn run(args: Vec<OsString>) -> i32 {
@@ -58,26 +53,14 @@ async fn run(args: Vec<OsString>) -> i32 {
     // A broken labs dir must not hide `--help`; the real load below reports it.
     let titles: Vec<(String, String)> = Catalog::load(prescan_labs_dir(&args).as_deref())
         .or_else(|_| Catalog::load(None))
-        .map(|c| {
-            c.entries()
-                .map(|e| (e.name.clone(), lab_title(&e.text)))
-                .collect()
-        })
+        .map(|c| c.entries().map(|e| (e.name.clone(), lab_title(&e.text))).collect())
         .unwrap_or_default();
     let matches = match cli::command(&titles).try_get_matches_from(&args) {
         Ok(m) => m,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
-            let styled = if code == 0 {
-                std::io::stdout().is_terminal()
-            } else {
-                std::io::stderr().is_terminal()
-            };
-            let text = if styled {
-                e.render().ansi().to_string()
-            } else {
-                e.render().to_string()
-            };
+            let styled = if code == 0 { std::io::stdout().is_terminal() } else { std::io::stderr().is_terminal() };
+            let text = if styled { e.render().ansi().to_string() } else { e.render().to_string() };
             if code == 0 {
                 fallback.raw(&text)
             } else {
@@ -112,19 +95,12 @@ async fn run(args: Vec<OsString>) -> i32 {
         }
     };
     let registry = kinds::registry(&settings.profile);
-    let app = App {
-        settings: &settings,
-        printer: &printer,
-        catalog: &catalog,
-        registry: &registry,
-    };
+    let app = App { settings: &settings, printer: &printer, catalog: &catalog, registry: &registry };
     let result = match name {
         "list" => app.list(),
         "doctor" => app.doctor().await,
         "completions" => {
-            let shell = *sub
-                .get_one::<clap_complete::Shell>("shell")
-                .expect("required");
+            let shell = *sub.get_one::<clap_complete::Shell>("shell").expect("required");
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut cli::command(&titles), "labctl", &mut out);
             printer.raw(&String::from_utf8_lossy(&out));
@@ -133,16 +109,10 @@ async fn run(args: Vec<OsString>) -> i32 {
         lab => match sub.subcommand() {
             Some(_) => match LabAction::from_arg_matches(sub) {
                 Ok(action) => app.lab(lab, action).await,
-                Err(e) => Err(Error::usage(
-                    e.to_string(),
-                    format!("see `labctl {lab} --help`"),
-                )),
+                Err(e) => Err(Error::usage(e.to_string(), format!("see `labctl {lab} --help`"))),
             },
             // An external subcommand: not a lab this catalog knows.
-            None => Err(Error::UnknownLab {
-                name: lab.to_string(),
-                known: catalog.names(),
-            }),
+            None => Err(Error::UnknownLab { name: lab.to_string(), known: catalog.names() }),
         },
     };
     match result {

@@ -122,12 +122,7 @@ impl Printer {
         // Spinners only for a person at a terminal; never in JSON or quiet mode.
         let progress = (!json && verbosity != Verbosity::Quiet && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Printer {
-            json,
-            verbosity,
-            progress,
-            out: Mutex::new(()),
-        }
+        Printer { json, verbosity, progress, out: Mutex::new(()) }
     }
 
     pub fn is_json(&self) -> bool {
@@ -163,39 +158,17 @@ impl Printer {
             return;
         }
         match &event {
-            Event::Start {
-                command,
-                lab,
-                owner,
-                profile,
-                ..
-            } => {
-                let what = lab
-                    .as_ref()
-                    .map(|l| format!("{l} {command}"))
-                    .unwrap_or(command.clone());
+            Event::Start { command, lab, owner, profile, .. } => {
+                let what = lab.as_ref().map(|l| format!("{l} {command}")).unwrap_or(command.clone());
+                self.human(&format!("labctl {what}  (owner {owner}, profile {profile})"));
+            }
+            Event::Recovered { step, action, run_id } => {
+                let step = if step.is_empty() { "(run)" } else { step.as_str() };
                 self.human(&format!(
-                    "labctl {what}  (owner {owner}, profile {profile})"
-                ));
+                    "  ! {step:<10} run {run_id} was interrupted during {action}: re-observing and converging"
+                ))
             }
-            Event::Recovered {
-                step,
-                action,
-                run_id,
-            } => {
-                let step = if step.is_empty() {
-                    "(run)"
-                } else {
-                    step.as_str()
-                };
-                self.human(&format!("  ! {step:<10} run {run_id} was interrupted during {action}: re-observing and converging"))
-            }
-            Event::Planned {
-                step,
-                action,
-                reason,
-                ..
-            } => {
+            Event::Planned { step, action, reason, .. } => {
                 let sign = match action.as_str() {
                     "create" => "+",
                     "delete" => "-",
@@ -211,27 +184,14 @@ impl Printer {
                     self.human(&format!("      │ {line}"));
                 }
             }
-            Event::Changed {
-                step,
-                action,
-                outputs,
-                elapsed_ms,
-            } => self.human(&format!(
-                "  ✓ {step:<10} {action} {}  ({})",
-                summarize(outputs),
-                seconds(*elapsed_ms)
-            )),
+            Event::Changed { step, action, outputs, elapsed_ms } => {
+                self.human(&format!("  ✓ {step:<10} {action} {}  ({})", summarize(outputs), seconds(*elapsed_ms)))
+            }
             Event::Unchanged { step, outputs } => {
                 self.human(&format!("  = {step:<10} unchanged {}", summarize(outputs)))
             }
             Event::Failed { step, error } => self.human(&format!("  ✗ {step:<10} {error}")),
-            Event::Status {
-                step,
-                kind,
-                state,
-                drift,
-                details,
-            } => {
+            Event::Status { step, kind, state, drift, details } => {
                 let mark = if *drift { "!" } else { " " };
                 self.human(&format!("{mark} {step:<10} {kind:<17} {state}"));
                 for (k, v) in details {
@@ -247,27 +207,14 @@ impl Printer {
                 if let Some(map) = outputs.as_object().filter(|m| !m.is_empty()) {
                     self.human("outputs:");
                     for (k, v) in map {
-                        self.human(&format!(
-                            "  {k} = {}",
-                            v.as_str().map(String::from).unwrap_or(v.to_string())
-                        ));
+                        self.human(&format!("  {k} = {}", v.as_str().map(String::from).unwrap_or(v.to_string())));
                     }
                 }
             }
-            Event::Lab {
-                name,
-                title,
-                status,
-                ..
-            } => {
+            Event::Lab { name, title, status, .. } => {
                 self.line(&format!("{name:<6} {status:<12} {title}"));
             }
-            Event::Doctor {
-                name,
-                ok,
-                detail,
-                fix,
-            } => {
+            Event::Doctor { name, ok, detail, fix } => {
                 let mark = if *ok { "✓" } else { "✗" };
                 self.line(&format!("{mark} {name:<18} {detail}"));
                 if let Some(fix) = fix.as_ref().filter(|_| !ok) {
@@ -291,17 +238,12 @@ impl Printer {
                 if command == "plan" {
                     parts.push(format!("{pending} to change, {unchanged} unchanged"));
                 } else if command != "verify" && command != "status" {
-                    parts.push(format!(
-                        "{changed} changed, {unchanged} unchanged, {failed} failed"
-                    ));
+                    parts.push(format!("{changed} changed, {unchanged} unchanged, {failed} failed"));
                 } else if command == "status" && *pending > 0 {
                     parts.push(format!("{pending} drifted or missing"));
                 }
                 if checks_passed + checks_failed > 0 {
-                    parts.push(format!(
-                        "{checks_passed}/{} checks passed",
-                        checks_passed + checks_failed
-                    ));
+                    parts.push(format!("{checks_passed}/{} checks passed", checks_passed + checks_failed));
                 }
                 parts.push(seconds(*elapsed_ms));
                 let head = if *ok { "done" } else { "failed" };
@@ -313,11 +255,7 @@ impl Printer {
     /// Reports an error: on stderr in human mode (with its hint and detail), as an event in JSON.
     pub fn error(&self, err: &Error) {
         if self.json {
-            self.event(Event::Error {
-                message: err.to_string(),
-                hint: err.hint(),
-                exit_code: err.exit_code(),
-            });
+            self.event(Event::Error { message: err.to_string(), hint: err.hint(), exit_code: err.exit_code() });
             return;
         }
         let mut text = format!("error: {err}");
@@ -359,20 +297,13 @@ impl Printer {
     pub fn activity(&self, step: &str, message: &str) -> Activity<'_> {
         let bar = self.progress.as_ref().map(|mp| {
             let bar = mp.add(ProgressBar::new_spinner());
-            bar.set_style(
-                ProgressStyle::with_template("  {spinner} {prefix:<10} {wide_msg}")
-                    .expect("valid template"),
-            );
+            bar.set_style(ProgressStyle::with_template("  {spinner} {prefix:<10} {wide_msg}").expect("valid template"));
             bar.set_prefix(step.to_string());
             bar.set_message(message.to_string());
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
-        Activity {
-            printer: self,
-            step: step.to_string(),
-            bar,
-        }
+        Activity { printer: self, step: step.to_string(), bar }
     }
 }
 
@@ -392,10 +323,7 @@ impl Activity<'_> {
         if let Some(bar) = &self.bar {
             bar.set_message(line.chars().take(100).collect::<String>());
         }
-        self.printer.event(Event::Log {
-            step: self.step.clone(),
-            line: line.to_string(),
-        });
+        self.printer.event(Event::Log { step: self.step.clone(), line: line.to_string() });
     }
 }
 
@@ -425,11 +353,7 @@ fn summarize(outputs: &Value) -> String {
 /// `sha256:<64 hex>` or a bare 64-hex id → its first 12 hex digits, as `docker ps` shows them.
 fn shorten_id(v: &str) -> String {
     let hex = v.strip_prefix("sha256:").unwrap_or(v);
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        hex[..12].to_string()
-    } else {
-        v.to_string()
-    }
+    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) { hex[..12].to_string() } else { v.to_string() }
 }
 
 /// Removes terminal escape sequences (npm colours its stderr) from a log line.
@@ -472,11 +396,7 @@ mod tests {
 
     #[test]
     fn json_events_are_tagged_single_lines() {
-        let e = Event::Check {
-            name: "GET /".into(),
-            ok: true,
-            detail: "200\nHello".into(),
-        };
+        let e = Event::Check { name: "GET /".into(), ok: true, detail: "200\nHello".into() };
         let line = serde_json::to_string(&e).unwrap();
         assert!(!line.contains('\n'));
         assert!(line.starts_with(r#"{"event":"check""#), "{line}");

@@ -17,61 +17,34 @@ pub struct Response {
 
 /// GET `url` (`http://host:port/path`). Errors are one-line reasons for a person.
 pub async fn get(url: &str, timeout: Duration) -> Result<Response, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("only http:// URLs can be probed, got `{url}`"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("only http:// URLs can be probed, got `{url}`"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
+    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
     let exchange = async {
-        let mut stream = TcpStream::connect(&addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let request = format!(
-            "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: labctl\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
+        let mut stream = TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: labctl\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        stream.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
         parse(&raw)
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| format!("no answer from {addr} within {timeout:?}"))?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| format!("no answer from {addr} within {timeout:?}"))?
 }
 
 fn parse(raw: &[u8]) -> Result<Response, String> {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("the connection closed before a full HTTP response")?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("the connection closed before a full HTTP response")?;
     let status = head
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP response: {:?}",
-                head.lines().next().unwrap_or_default()
-            )
-        })?;
-    Ok(Response {
-        status,
-        body: body.to_string(),
-    })
+        .ok_or_else(|| format!("not an HTTP response: {:?}", head.lines().next().unwrap_or_default()))?;
+    Ok(Response { status, body: body.to_string() })
 }
 
 /// Runs one lab check against an already-rendered URL.
@@ -81,19 +54,12 @@ pub async fn run_check(check: &CheckSpec, url: &str) -> CheckResult {
     let response = match get(url, Duration::from_secs(10)).await {
         Ok(r) => r,
         Err(e) => {
-            return CheckResult {
-                name,
-                ok: false,
-                detail: e,
-            };
+            return CheckResult { name, ok: false, detail: e };
         }
     };
     let mut problems = Vec::new();
     if response.status != http.status {
-        problems.push(format!(
-            "status {} (expected {})",
-            response.status, http.status
-        ));
+        problems.push(format!("status {} (expected {})", response.status, http.status));
     }
     if let Some(want) = &http.body_contains {
         if !response.body.contains(want.as_str()) {
@@ -107,24 +73,13 @@ pub async fn run_check(check: &CheckSpec, url: &str) -> CheckResult {
     }
     if let Some(want) = &http.body_equals {
         if response.body.trim_end() != want.as_str() {
-            problems.push(format!(
-                "body is {:?} (expected {want:?})",
-                clip(&response.body)
-            ));
+            problems.push(format!("body is {:?} (expected {want:?})", clip(&response.body)));
         }
     }
     if problems.is_empty() {
-        CheckResult {
-            name,
-            ok: true,
-            detail: format!("{} {}", response.status, clip(&response.body)),
-        }
+        CheckResult { name, ok: true, detail: format!("{} {}", response.status, clip(&response.body)) }
     } else {
-        CheckResult {
-            name,
-            ok: false,
-            detail: format!("{}; got: {}", problems.join(", "), clip(&response.body)),
-        }
+        CheckResult { name, ok: false, detail: format!("{}; got: {}", problems.join(", "), clip(&response.body)) }
     }
 }
 
@@ -143,9 +98,7 @@ mod tests {
 
     #[test]
     fn parses_status_and_body() {
-        let r =
-            parse(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\r\nInvalid numbers")
-                .unwrap();
+        let r = parse(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\r\nInvalid numbers").unwrap();
         assert_eq!(r.status, 400);
         assert_eq!(r.body, "Invalid numbers");
         assert!(parse(b"garbage").is_err());
@@ -160,13 +113,9 @@ mod tests {
             let mut buf = [0u8; 1024];
             let n = s.read(&mut buf).await.unwrap();
             assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /x HTTP/1.0"));
-            s.write_all(b"HTTP/1.0 200 OK\r\n\r\nHello, World!")
-                .await
-                .unwrap();
+            s.write_all(b"HTTP/1.0 200 OK\r\n\r\nHello, World!").await.unwrap();
         });
-        let r = get(&format!("http://{addr}/x"), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let r = get(&format!("http://{addr}/x"), Duration::from_secs(5)).await.unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "Hello, World!"));
     }
 }

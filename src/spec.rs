@@ -85,39 +85,18 @@ impl LabSpec {
     pub fn parse(file: &str, text: &str) -> Result<LabSpec> {
         let raw: RawSpec = serde_saphyr::from_str(text).map_err(|e| {
             let line = e.location().map(|l| l.line()).unwrap_or(0);
-            Error::Spec {
-                file: file.to_string(),
-                line,
-                message: first_line(&e.to_string()),
-            }
+            Error::Spec { file: file.to_string(), line, message: first_line(&e.to_string()) }
         })?;
-        let spec_err = |line: u64, message: String| Error::Spec {
-            file: file.to_string(),
-            line,
-            message,
-        };
+        let spec_err = |line: u64, message: String| Error::Spec { file: file.to_string(), line, message };
         if !is_name(&raw.lab) {
-            return Err(spec_err(
-                1,
-                format!(
-                    "field `lab`: `{}` must be lowercase letters, digits and '-'",
-                    raw.lab
-                ),
-            ));
+            return Err(spec_err(1, format!("field `lab`: `{}` must be lowercase letters, digits and '-'", raw.lab)));
         }
         let mut steps = IndexMap::new();
         for (name, spanned) in raw.steps {
             let line = key_line(text, &name, spanned.referenced.line());
-            let RawStep {
-                kind,
-                after,
-                config,
-            } = spanned.value;
+            let RawStep { kind, after, config } = spanned.value;
             if !is_name(&name) {
-                return Err(spec_err(
-                    line,
-                    format!("step `{name}`: names are lowercase letters, digits and '-'"),
-                ));
+                return Err(spec_err(line, format!("step `{name}`: names are lowercase letters, digits and '-'")));
             }
             let config = Value::Object(config);
             let mut deps: Vec<String> = after;
@@ -126,16 +105,7 @@ impl LabSpec {
                     deps.push(r);
                 }
             }
-            steps.insert(
-                name.clone(),
-                StepSpec {
-                    name,
-                    kind,
-                    line,
-                    deps,
-                    config,
-                },
-            );
+            steps.insert(name.clone(), StepSpec { name, kind, line, deps, config });
         }
         let spec = LabSpec {
             name: raw.lab,
@@ -159,20 +129,14 @@ impl LabSpec {
                 if !self.steps.contains_key(dep) {
                     return Err((
                         step.line,
-                        format!(
-                            "step `{}`: unknown step `{dep}` (in `after` or a template)",
-                            step.name
-                        ),
+                        format!("step `{}`: unknown step `{dep}` (in `after` or a template)", step.name),
                     ));
                 }
             }
         }
         if let Some(cycle) = self.cycle() {
             let line = self.steps[&cycle].line;
-            return Err((
-                line,
-                format!("step `{cycle}` is part of a dependency cycle"),
-            ));
+            return Err((line, format!("step `{cycle}` is part of a dependency cycle")));
         }
         Ok(())
     }
@@ -195,17 +159,12 @@ impl LabSpec {
             for expr in template_exprs(&text) {
                 let ok = match expr.split_once('.') {
                     Some(("params", p)) => self.params.contains_key(p),
-                    Some(("steps", rest)) => rest
-                        .split_once('.')
-                        .is_some_and(|(s, _)| self.steps.contains_key(s)),
+                    Some(("steps", rest)) => rest.split_once('.').is_some_and(|(s, _)| self.steps.contains_key(s)),
                     None => matches!(expr.as_str(), "lab" | "owner" | "profile"),
                     _ => false,
                 };
                 if !ok {
-                    return Err((
-                        line,
-                        format!("{place}: unknown reference `{{{{ {expr} }}}}`"),
-                    ));
+                    return Err((line, format!("{place}: unknown reference `{{{{ {expr} }}}}`")));
                 }
             }
         }
@@ -223,9 +182,10 @@ impl LabSpec {
         let mut done: BTreeSet<&str> = BTreeSet::new();
         let mut order = Vec::new();
         loop {
-            let next = self.steps.values().find(|s| {
-                !done.contains(s.name.as_str()) && s.deps.iter().all(|d| done.contains(d.as_str()))
-            });
+            let next = self
+                .steps
+                .values()
+                .find(|s| !done.contains(s.name.as_str()) && s.deps.iter().all(|d| done.contains(d.as_str())));
             match next {
                 Some(s) => {
                     done.insert(&s.name);
@@ -238,11 +198,7 @@ impl LabSpec {
 
     /// Steps that depend on `name`, directly.
     pub fn dependents(&self, name: &str) -> Vec<String> {
-        self.steps
-            .values()
-            .filter(|s| s.deps.iter().any(|d| d == name))
-            .map(|s| s.name.clone())
-            .collect()
+        self.steps.values().filter(|s| s.deps.iter().any(|d| d == name)).map(|s| s.name.clone()).collect()
     }
 
     /// Applies `key=value` overrides, keeping the type of the declared default.
@@ -279,8 +235,7 @@ impl LabSpec {
 pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 40
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -374,16 +329,14 @@ impl Scope<'_> {
     fn render_inner(&self, v: &Value, pending: &mut bool) -> std::result::Result<Value, String> {
         Ok(match v {
             Value::String(s) => self.render_string(s, pending)?,
-            Value::Array(a) => Value::Array(
-                a.iter()
-                    .map(|x| self.render_inner(x, pending))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Value::Object(m) => Value::Object(
-                m.iter()
-                    .map(|(k, x)| Ok((k.clone(), self.render_inner(x, pending)?)))
-                    .collect::<Result<_, String>>()?,
-            ),
+            Value::Array(a) => Value::Array(a.iter().map(|x| self.render_inner(x, pending)).collect::<Result<_, _>>()?),
+            Value::Object(m) => {
+                Value::Object(m.iter().map(|(k, x)| Ok((k.clone(), self.render_inner(x, pending)?))).collect::<Result<
+                    _,
+                    String,
+                >>(
+                )?)
+            }
             other => other.clone(),
         })
     }
@@ -425,12 +378,10 @@ impl Scope<'_> {
             Some(("steps", rest)) => {
                 let (step, key) = rest.split_once('.').ok_or_else(unknown)?;
                 match self.outputs.get(step) {
-                    Some(outs) => outs.get(key).cloned().ok_or_else(|| {
-                        format!(
-                            "step `{step}` has no output `{key}` (it has: {})",
-                            keys(outs)
-                        )
-                    }),
+                    Some(outs) => outs
+                        .get(key)
+                        .cloned()
+                        .ok_or_else(|| format!("step `{step}` has no output `{key}` (it has: {})", keys(outs))),
                     None => {
                         *pending = true;
                         Ok(Value::from(PENDING))
@@ -486,63 +437,33 @@ verify:
     fn whole_template_keeps_type_and_pending_is_flagged() {
         let spec = LabSpec::parse("demo.yaml", SPEC).unwrap();
         let outputs = HashMap::new();
-        let scope = Scope {
-            lab: "demo",
-            owner: "alice",
-            profile: "default",
-            params: &spec.params,
-            outputs: &outputs,
-        };
+        let scope = Scope { lab: "demo", owner: "alice", profile: "default", params: &spec.params, outputs: &outputs };
         let r = scope.render(&spec.steps["app"].config).unwrap();
         assert!(r.pending);
         assert_eq!(r.value["port"], Value::from(8080));
         assert_eq!(r.value["image"], Value::from(PENDING));
         let mut outputs = HashMap::new();
-        outputs.insert(
-            "image".to_string(),
-            Map::from_iter([("id".to_string(), Value::from("sha256:abc"))]),
-        );
-        let scope = Scope {
-            outputs: &outputs,
-            ..scope
-        };
+        outputs.insert("image".to_string(), Map::from_iter([("id".to_string(), Value::from("sha256:abc"))]));
+        let scope = Scope { outputs: &outputs, ..scope };
         let r = scope.render(&spec.steps["app"].config).unwrap();
         assert!(!r.pending);
         assert_eq!(r.value["image"], Value::from("sha256:abc"));
-        assert_eq!(
-            scope
-                .render_str("x-{{ owner }}-{{ params.port }}")
-                .unwrap()
-                .value,
-            Value::from("x-alice-8080")
-        );
+        assert_eq!(scope.render_str("x-{{ owner }}-{{ params.port }}").unwrap().value, Value::from("x-alice-8080"));
     }
 
     #[test]
     fn errors_name_the_line_and_field() {
-        let bad = SPEC.replace(
-            "    tag: \"{{ params.name }}:v1\"",
-            "    tag: \"{{ params.nme }}:v1\"",
-        );
+        let bad = SPEC.replace("    tag: \"{{ params.name }}:v1\"", "    tag: \"{{ params.nme }}:v1\"");
         let err = LabSpec::parse("demo.yaml", &bad).unwrap_err().to_string();
-        assert!(
-            err.starts_with("demo.yaml:8: step `image`: unknown reference `{{ params.nme }}`"),
-            "{err}"
-        );
+        assert!(err.starts_with("demo.yaml:8: step `image`: unknown reference `{{ params.nme }}`"), "{err}");
 
         let bad = SPEC.replace("title: A demo", "title: A demo\ntitel: typo");
         let err = LabSpec::parse("demo.yaml", &bad).unwrap_err().to_string();
-        assert!(
-            err.starts_with("demo.yaml:4:") && err.contains("titel"),
-            "{err}"
-        );
+        assert!(err.starts_with("demo.yaml:4:") && err.contains("titel"), "{err}");
 
         let bad = SPEC.replace("after: [image]", "after: [nope]");
         let err = LabSpec::parse("demo.yaml", &bad).unwrap_err().to_string();
-        assert!(
-            err.contains(":15:") && err.contains("unknown step `nope`"),
-            "{err}"
-        );
+        assert!(err.contains(":15:") && err.contains("unknown step `nope`"), "{err}");
     }
 
     #[test]
@@ -555,25 +476,11 @@ verify:
     #[test]
     fn param_overrides_keep_types_and_reject_unknown_names() {
         let mut spec = LabSpec::parse("demo.yaml", SPEC).unwrap();
-        spec.set_params(
-            &IndexMap::from([("port".to_string(), "9090".to_string())]),
-            "--param",
-        )
-        .unwrap();
+        spec.set_params(&IndexMap::from([("port".to_string(), "9090".to_string())]), "--param").unwrap();
         assert_eq!(spec.params["port"], Value::from(9090));
-        let err = spec
-            .set_params(
-                &IndexMap::from([("port".to_string(), "x".to_string())]),
-                "--param",
-            )
-            .unwrap_err();
+        let err = spec.set_params(&IndexMap::from([("port".to_string(), "x".to_string())]), "--param").unwrap_err();
         assert!(err.to_string().contains("whole number"));
-        let err = spec
-            .set_params(
-                &IndexMap::from([("prot".to_string(), "1".to_string())]),
-                "--param",
-            )
-            .unwrap_err();
+        let err = spec.set_params(&IndexMap::from([("prot".to_string(), "1".to_string())]), "--param").unwrap_err();
         assert!(err.to_string().contains("no parameter `prot`"));
     }
 }

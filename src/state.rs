@@ -67,23 +67,15 @@ pub fn replay(state: &mut LabState, entries: &[JournalEntry]) -> Vec<Interrupted
     for e in entries {
         open.retain(|i| i.step != e.step);
         match e.phase {
-            Phase::Intent => open.push(Interrupted {
-                step: e.step.clone(),
-                action: e.action.clone(),
-                run_id: e.run_id.clone(),
-            }),
+            Phase::Intent => {
+                open.push(Interrupted { step: e.step.clone(), action: e.action.clone(), run_id: e.run_id.clone() })
+            }
             Phase::Done => {
                 if e.action == "delete" {
                     state.steps.remove(&e.step);
                 } else {
                     let outputs = e.outputs.clone().unwrap_or_default();
-                    state.steps.insert(
-                        e.step.clone(),
-                        StepRecord {
-                            kind: e.kind.clone(),
-                            outputs,
-                        },
-                    );
+                    state.steps.insert(e.step.clone(), StepRecord { kind: e.kind.clone(), outputs });
                 }
             }
             Phase::Failed => {}
@@ -105,10 +97,7 @@ pub struct StateStore {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// `<root>/<profile>/<owner>/<lab>`
@@ -117,8 +106,7 @@ pub fn lab_dir(root: &Path, profile: &str, owner: &str, lab: &str) -> PathBuf {
 }
 
 fn private_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating state dir {}", dir.display()), e))?;
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating state dir {}", dir.display()), e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(format!("securing {}", dir.display()), e))
 }
@@ -139,24 +127,13 @@ fn open_private(path: &Path, append: bool) -> Result<File> {
 pub fn peek_status(dir: &Path) -> Option<String> {
     let text = fs::read_to_string(dir.join("state.json")).ok()?;
     let state: LabState = serde_json::from_str(&text).ok()?;
-    let journal_open = fs::metadata(dir.join("journal.jsonl"))
-        .map(|m| m.len() > 0)
-        .unwrap_or(false);
-    Some(if journal_open {
-        "interrupted".into()
-    } else {
-        state.status
-    })
+    let journal_open = fs::metadata(dir.join("journal.jsonl")).map(|m| m.len() > 0).unwrap_or(false);
+    Some(if journal_open { "interrupted".into() } else { state.status })
 }
 
 impl StateStore {
     /// Opens the state of one lab, waiting up to `lock_timeout` for another labctl to finish.
-    pub fn open(
-        dir: &Path,
-        command: &str,
-        lock_timeout: Duration,
-        on_wait: impl Fn(&str),
-    ) -> Result<StateStore> {
+    pub fn open(dir: &Path, command: &str, lock_timeout: Duration, on_wait: impl Fn(&str)) -> Result<StateStore> {
         private_dir(dir)?;
         let lock_path = dir.join("lock");
         let lock = open_private(&lock_path, false)?;
@@ -166,14 +143,10 @@ impl StateStore {
             match lock.try_lock() {
                 Ok(()) => break,
                 Err(fs::TryLockError::WouldBlock) => {
-                    let holder = fs::read_to_string(dir.join("lock.info"))
-                        .unwrap_or_else(|_| "unknown".into());
+                    let holder = fs::read_to_string(dir.join("lock.info")).unwrap_or_else(|_| "unknown".into());
                     let holder = holder.trim().to_string();
                     if started.elapsed() >= lock_timeout {
-                        return Err(Error::Locked {
-                            path: lock_path,
-                            holder,
-                        });
+                        return Err(Error::Locked { path: lock_path, holder });
                     }
                     if !told {
                         on_wait(&format!("waiting for the lock held by {holder} ..."));
@@ -209,13 +182,7 @@ impl StateStore {
             }
         }
         let journal = open_private(&journal_path, true)?;
-        Ok(StateStore {
-            dir: dir.to_path_buf(),
-            _lock: lock,
-            journal,
-            state,
-            interrupted,
-        })
+        Ok(StateStore { dir: dir.to_path_buf(), _lock: lock, journal, state, interrupted })
     }
 
     pub fn record(&mut self, entry: JournalEntry) -> Result<()> {
@@ -235,9 +202,7 @@ impl StateStore {
         self.state.updated_at = now();
         let text = serde_json::to_vec_pretty(&self.state).expect("state serializes");
         write_atomic(&self.dir.join("state.json"), &text)?;
-        self.journal
-            .set_len(0)
-            .map_err(|e| Error::io("truncating the journal", e))?;
+        self.journal.set_len(0).map_err(|e| Error::io("truncating the journal", e))?;
         Ok(())
     }
 }
@@ -247,11 +212,7 @@ fn read_journal(path: &Path) -> Vec<JournalEntry> {
         return Vec::new();
     };
     // A line torn by a crash mid-write is skipped: its side effect is re-observed anyway.
-    BufReader::new(file)
-        .lines()
-        .map_while(|l| l.ok())
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect()
+    BufReader::new(file).lines().map_while(|l| l.ok()).filter_map(|l| serde_json::from_str(&l).ok()).collect()
 }
 
 /// Write to a temporary file in the same folder (0600), fsync, rename over the target.
@@ -264,9 +225,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming onto {}", path.display()), e))
 }
 
@@ -275,8 +234,8 @@ mod tests {
     use super::*;
 
     fn entry(step: &str, action: &str, phase: Phase, run: &str) -> JournalEntry {
-        let outputs = (phase == Phase::Done)
-            .then(|| Map::from_iter([("id".to_string(), Value::from(format!("{step}-id")))]));
+        let outputs =
+            (phase == Phase::Done).then(|| Map::from_iter([("id".to_string(), Value::from(format!("{step}-id")))]));
         JournalEntry {
             ts: 0,
             run_id: run.into(),
@@ -297,14 +256,7 @@ mod tests {
             entry("app", "create", Phase::Intent, "r1"),
         ];
         let open = replay(&mut state, &entries);
-        assert_eq!(
-            open,
-            vec![Interrupted {
-                step: "app".into(),
-                action: "create".into(),
-                run_id: "r1".into()
-            }]
-        );
+        assert_eq!(open, vec![Interrupted { step: "app".into(), action: "create".into(), run_id: "r1".into() }]);
         assert_eq!(state.steps["image"].outputs["id"], Value::from("image-id"));
         assert!(!state.steps.contains_key("app"));
         assert_eq!(state.status, "interrupted");
@@ -332,23 +284,15 @@ mod tests {
         let dir = tmp.path().join("p/o/lab");
         {
             let mut store = StateStore::open(&dir, "up", Duration::ZERO, |_| {}).unwrap();
-            store
-                .record(entry("image", "create", Phase::Intent, "r1"))
-                .unwrap();
+            store.record(entry("image", "create", Phase::Intent, "r1")).unwrap();
             // dropped without commit: a crash
         }
         let mut store = StateStore::open(&dir, "up", Duration::ZERO, |_| {}).unwrap();
         assert_eq!(store.interrupted.len(), 1);
         assert_eq!(peek_status(&dir), None, "no state file was ever committed");
-        store
-            .record(entry("image", "create", Phase::Done, "r2"))
-            .unwrap();
+        store.record(entry("image", "create", Phase::Done, "r2")).unwrap();
         store.commit("up").unwrap();
-        let mode = fs::metadata(dir.join("state.json"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(dir.join("state.json")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(fs::metadata(dir.join("journal.jsonl")).unwrap().len(), 0);
         assert_eq!(peek_status(&dir).as_deref(), Some("up"));
@@ -359,9 +303,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         let _held = StateStore::open(&dir, "td4 up", Duration::ZERO, |_| {}).unwrap();
-        let err = StateStore::open(&dir, "td4 up", Duration::from_millis(300), |_| {})
-            .err()
-            .unwrap();
+        let err = StateStore::open(&dir, "td4 up", Duration::from_millis(300), |_| {}).err().unwrap();
         assert!(matches!(err, Error::Locked { .. }));
         assert!(err.to_string().contains("labctl td4 up"), "{err}");
     }

@@ -75,6 +75,8 @@ pub struct StepCtx<'a> {
     pub step: &'a str,
     pub ownership: &'a Ownership,
     pub source: &'a SpecSource,
+    /// This (profile, owner, lab)'s private folder (0700): where generated secrets go.
+    pub secrets_dir: &'a std::path::Path,
     pub activity: Option<&'a Activity<'a>>,
 }
 
@@ -166,30 +168,15 @@ pub trait StepKind: Send + Sync {
 
     /// Read-only: what exists now, and the action that would make it match `desired`.
     /// `pending` is true when part of `desired` depends on a step that has not run yet.
-    async fn observe(
-        &self,
-        ctx: &StepCtx<'_>,
-        desired: &Value,
-        pending: bool,
-    ) -> Result<Observation>;
+    async fn observe(&self, ctx: &StepCtx<'_>, desired: &Value, pending: bool) -> Result<Observation>;
 
     /// Checks that must pass before anything at all is mutated (ports free, inputs present).
-    async fn preflight(
-        &self,
-        _ctx: &StepCtx<'_>,
-        _desired: &Value,
-        _observed: &Observation,
-    ) -> Result<()> {
+    async fn preflight(&self, _ctx: &StepCtx<'_>, _desired: &Value, _observed: &Observation) -> Result<()> {
         Ok(())
     }
 
     /// Makes it so. Idempotent; called only when the action is not `None`.
-    async fn apply(
-        &self,
-        ctx: &StepCtx<'_>,
-        desired: &Value,
-        observed: &Observation,
-    ) -> Result<Outputs>;
+    async fn apply(&self, ctx: &StepCtx<'_>, desired: &Value, observed: &Observation) -> Result<Outputs>;
 
     /// Readiness (with a timeout and the reason when not ready). Read-only.
     async fn wait(&self, _ctx: &StepCtx<'_>, _desired: &Value, _outputs: &Outputs) -> Result<()> {
@@ -197,12 +184,7 @@ pub trait StepKind: Send + Sync {
     }
 
     /// The step's own checks, beyond readiness.
-    async fn verify(
-        &self,
-        _ctx: &StepCtx<'_>,
-        _desired: &Value,
-        _outputs: &Outputs,
-    ) -> Result<Vec<CheckResult>> {
+    async fn verify(&self, _ctx: &StepCtx<'_>, _desired: &Value, _outputs: &Outputs) -> Result<Vec<CheckResult>> {
         Ok(vec![])
     }
 

@@ -5,6 +5,8 @@
 #   testenv/up.sh            # everything the test suite needs
 #   testenv/up.sh docker     # only the Docker engine
 #   testenv/up.sh images     # only the locally made base images (implies docker)
+#   testenv/up.sh localstack # only LocalStack (AWS API emulator) on 127.0.0.1:4566
+#   testenv/down.sh          # stops what this script started
 #
 # Heavy artefacts (rootfs tarballs, cargo target dir) live in LABCTL_CACHE
 # (default /var/cache/labctl), outside the checkout, so CI's fresh clone reuses them.
@@ -14,6 +16,9 @@ LABCTL_CACHE=${LABCTL_CACHE:-/var/cache/labctl}
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/labctl-dockerd.log}
 # The base image the test suite builds TD4 from (no registry can be reached here).
 TEST_NODE_IMAGE=${TEST_NODE_IMAGE:-labctl-test/node:20-bookworm}
+# A plain Debian image, for running TD1's user-data as cloud-init would on a fresh machine.
+TEST_DEBIAN_IMAGE=${TEST_DEBIAN_IMAGE:-labctl-test/debian:bookworm}
+HERE=$(cd "$(dirname "$0")" && pwd)
 
 say() { printf '[testenv] %s\n' "$*" >&2; }
 need_root() { [ "$(id -u)" = 0 ] || { say "run as root (it installs packages and starts dockerd)"; exit 1; }; }
@@ -52,23 +57,14 @@ docker_up() {
 test_node_image() {
   docker_up
   if docker image inspect "$TEST_NODE_IMAGE" >/dev/null 2>&1; then return 0; fi
-  apt_install debootstrap
   command -v node >/dev/null || apt_install nodejs
-  local node_bin npm_dir tarball="$LABCTL_CACHE/rootfs/bookworm-minbase.tar"
+  local node_bin npm_dir
   node_bin=$(readlink -f "$(command -v node)")
   npm_dir=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")
-  mkdir -p "$LABCTL_CACHE/rootfs"
-  if [ ! -f "$tarball" ]; then
-    say "debootstrap bookworm minbase (about a minute, cached in $tarball)"
-    local root; root=$(mktemp -d)
-    debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    tar -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
-    rm -rf "$root"
-  fi
+  bookworm_rootfs
   say "making $TEST_NODE_IMAGE from the bookworm rootfs + host node $(node --version)"
   local root; root=$(mktemp -d)
-  tar -C "$root" -xf "$tarball"
+  tar -C "$root" -xf "$ROOTFS_TAR"
   install -m 0755 "$node_bin" "$root/usr/local/bin/node"
   mkdir -p "$root/usr/local/lib/node_modules"
   cp -a "$npm_dir" "$root/usr/local/lib/node_modules/npm"
@@ -86,13 +82,40 @@ test_node_image() {
   docker run --rm "$TEST_NODE_IMAGE" node -e 'console.log("node " + process.version + " ok")' >&2
 }
 
+bookworm_rootfs() {
+  apt_install debootstrap
+  ROOTFS_TAR="$LABCTL_CACHE/rootfs/bookworm-minbase.tar"
+  mkdir -p "$LABCTL_CACHE/rootfs"
+  if [ ! -f "$ROOTFS_TAR" ]; then
+    say "debootstrap bookworm minbase (about a minute, cached in $ROOTFS_TAR)"
+    local root; root=$(mktemp -d)
+    debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    tar -C "$root" -cf "$ROOTFS_TAR.tmp" . && mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+    rm -rf "$root"
+  fi
+}
+
+test_debian_image() {
+  docker_up
+  if docker image inspect "$TEST_DEBIAN_IMAGE" >/dev/null 2>&1; then return 0; fi
+  bookworm_rootfs
+  say "making $TEST_DEBIAN_IMAGE from the bookworm rootfs"
+  docker import -c 'CMD ["bash"]' "$ROOTFS_TAR" "$TEST_DEBIAN_IMAGE" >/dev/null
+}
+
+localstack_up() {
+  "$HERE/../localstack/run.sh" start
+}
+
 main() {
   local what=${1:-all}
   case "$what" in
     docker) docker_up ;;
-    images) test_node_image ;;
-    all) docker_up; test_node_image ;;
-    *) say "unknown target '$what' (docker | images | all)"; exit 1 ;;
+    images) test_node_image; test_debian_image ;;
+    localstack) localstack_up ;;
+    all) docker_up; test_node_image; test_debian_image; localstack_up ;;
+    *) say "unknown target '$what' (docker | images | localstack | all)"; exit 1 ;;
   esac
 }
 main "$@"

@@ -20,10 +20,7 @@ checkout `testenv/up.sh docker` installs and starts it), or point DOCKER_HOST / 
 
 impl DockerBackend {
     pub fn new(host: Option<String>) -> Self {
-        DockerBackend {
-            host,
-            client: OnceCell::new(),
-        }
+        DockerBackend { host, client: OnceCell::new() }
     }
 
     fn address(&self) -> String {
@@ -43,17 +40,13 @@ impl DockerBackend {
                     message,
                     fix: START_HINT.into(),
                 };
-                let docker =
-                    Docker::connect_with_host(&address).map_err(|e| unreachable(e.to_string()))?;
+                let docker = Docker::connect_with_host(&address).map_err(|e| unreachable(e.to_string()))?;
                 let docker = docker.with_timeout(Duration::from_secs(3600));
                 tokio::time::timeout(Duration::from_secs(10), docker.ping())
                     .await
                     .map_err(|_| unreachable("no answer within 10s".into()))?
                     .map_err(|e| unreachable(e.to_string()))?;
-                docker
-                    .negotiate_version()
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))
+                docker.negotiate_version().await.map_err(|e| unreachable(e.to_string()))
             })
             .await
     }
@@ -79,12 +72,7 @@ impl DockerBackend {
                     fix: Some(START_HINT.into()),
                 },
             },
-            Err(e) => Diagnosis {
-                name: "docker engine".into(),
-                ok: false,
-                detail: e.to_string(),
-                fix: e.hint(),
-            },
+            Err(e) => Diagnosis { name: "docker engine".into(), ok: false, detail: e.to_string(), fix: e.hint() },
         }
     }
 }
@@ -107,13 +95,7 @@ pub fn engine_message(e: &bollard::errors::Error) -> String {
 }
 
 pub fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
 pub fn short_id(id: &str) -> String {

@@ -7,27 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::docker::{
-    DockerBackend, api_error, engine_message, is_not_found, label_filters, short_id,
-};
+use super::docker::{DockerBackend, api_error, engine_message, is_not_found, label_filters, short_id};
 use super::input_hash;
 use crate::catalog::typed_config;
 use crate::error::{Error, Result};
 use crate::probe;
-use crate::step::{
-    Action, CheckResult, Diagnosis, LABEL_INPUT, Observation, Outputs, StepCtx, StepKind,
-};
+use crate::step::{Action, CheckResult, Diagnosis, LABEL_INPUT, Observation, Outputs, StepCtx, StepKind};
 
 pub struct DockerContainer {
     pub docker: Arc<DockerBackend>,
@@ -130,22 +123,14 @@ impl DockerContainer {
             .into_iter()
             .flat_map(|(cport, binds)| {
                 binds.unwrap_or_default().into_iter().map(move |b| {
-                    format!(
-                        "{}:{}->{}",
-                        b.host_ip.unwrap_or_default(),
-                        b.host_port.unwrap_or_default(),
-                        cport
-                    )
+                    format!("{}:{}->{}", b.host_ip.unwrap_or_default(), b.host_port.unwrap_or_default(), cport)
                 })
             })
             .collect();
         Ok(Some(Existing {
             id: info.id.unwrap_or_default(),
             running: state.running.unwrap_or(false),
-            state: state
-                .status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "unknown".into()),
+            state: state.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
             hash: labels.get(LABEL_INPUT).cloned().unwrap_or_default(),
             ports,
             started: state.started_at.unwrap_or_default(),
@@ -156,10 +141,7 @@ impl DockerContainer {
 
     async fn remove(&self, id_or_name: &str) -> Result<()> {
         let docker = self.docker.client().await?;
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match docker.remove_container(id_or_name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -171,11 +153,7 @@ impl DockerContainer {
         let Ok(docker) = self.docker.client().await else {
             return String::new();
         };
-        let options = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .tail("20")
-            .build();
+        let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("20").build();
         let mut logs = docker.logs(name, Some(options));
         let mut out = String::new();
         while let Some(Ok(chunk)) = logs.next().await {
@@ -201,39 +179,19 @@ impl StepKind for DockerContainer {
 
     fn validate(&self, config: &Value) -> std::result::Result<(), String> {
         let c: Config = typed_config(config)?;
-        if c.name.is_empty()
-            || !c
-                .name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch))
-        {
-            return Err(format!(
-                "field `name`: `{}` is not a valid container name",
-                c.name
-            ));
+        if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) {
+            return Err(format!("field `name`: `{}` is not a valid container name", c.name));
         }
         Ok(())
     }
 
-    async fn observe(
-        &self,
-        ctx: &StepCtx<'_>,
-        desired: &Value,
-        pending: bool,
-    ) -> Result<Observation> {
+    async fn observe(&self, ctx: &StepCtx<'_>, desired: &Value, pending: bool) -> Result<Observation> {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
         let Some(existing) = self.existing(ctx, &config.name).await? else {
-            return Ok(Observation::absent(format!(
-                "run {} on {}",
-                config.name,
-                config.published()
-            )));
+            return Ok(Observation::absent(format!("run {} on {}", config.name, config.published())));
         };
         let details = vec![
-            (
-                "container".into(),
-                format!("{} {}", config.name, short_id(&existing.id)),
-            ),
+            ("container".into(), format!("{} {}", config.name, short_id(&existing.id))),
             ("state".into(), existing.state.clone()),
             ("started".into(), existing.started.clone()),
             ("ports".into(), existing.ports.join(", ")),
@@ -258,50 +216,19 @@ impl StepKind for DockerContainer {
             details.push(("probe".into(), probe));
         }
         let (action, reason, drift) = if pending || existing.hash != config.hash() {
-            let why = if pending {
-                "its image will change"
-            } else {
-                "its configuration changed"
-            };
-            (
-                Action::Replace,
-                format!("replace {} ({why})", config.name),
-                false,
-            )
+            let why = if pending { "its image will change" } else { "its configuration changed" };
+            (Action::Replace, format!("replace {} ({why})", config.name), false)
         } else if !existing.running {
-            (
-                Action::Update,
-                format!("start {} (it is {})", config.name, existing.state),
-                true,
-            )
+            (Action::Update, format!("start {} (it is {})", config.name, existing.state), true)
         } else {
-            (
-                Action::None,
-                format!("{} is running", config.name),
-                unhealthy,
-            )
+            (Action::None, format!("{} is running", config.name), unhealthy)
         };
-        Ok(Observation {
-            action,
-            reason,
-            outputs: Self::outputs(&config, &existing.id),
-            details,
-            drift,
-        })
+        Ok(Observation { action, reason, outputs: Self::outputs(&config, &existing.id), details, drift })
     }
 
-    async fn preflight(
-        &self,
-        ctx: &StepCtx<'_>,
-        desired: &Value,
-        _observed: &Observation,
-    ) -> Result<()> {
+    async fn preflight(&self, ctx: &StepCtx<'_>, desired: &Value, _observed: &Observation) -> Result<()> {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
-        let ours = self
-            .existing(ctx, &config.name)
-            .await?
-            .map(|e| e.ports)
-            .unwrap_or_default();
+        let ours = self.existing(ctx, &config.name).await?.map(|e| e.ports).unwrap_or_default();
         for p in &config.ports {
             let spec = format!("{}:{}->{}", p.host_ip, p.host_port, p.container_port);
             if ours.contains(&spec) {
@@ -317,19 +244,11 @@ impl StepKind for DockerContainer {
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        ctx: &StepCtx<'_>,
-        desired: &Value,
-        observed: &Observation,
-    ) -> Result<Outputs> {
+    async fn apply(&self, ctx: &StepCtx<'_>, desired: &Value, observed: &Observation) -> Result<Outputs> {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
         let docker = self.docker.client().await?;
         if observed.action == Action::Update {
-            docker
-                .start_container(&config.name, None)
-                .await
-                .map_err(|e| api_error("starting the container", e))?;
+            docker.start_container(&config.name, None).await.map_err(|e| api_error("starting the container", e))?;
             return Ok(observed.outputs.clone());
         }
         if observed.action == Action::Replace {
@@ -337,29 +256,19 @@ impl StepKind for DockerContainer {
             self.remove(&config.name).await?;
         }
         let hash = config.hash();
-        let labels: HashMap<String, String> =
-            ctx.ownership.labels(ctx.step, &hash).into_iter().collect();
+        let labels: HashMap<String, String> = ctx.ownership.labels(ctx.step, &hash).into_iter().collect();
         let mut bindings = HashMap::new();
         for p in &config.ports {
             bindings.insert(
                 format!("{}/tcp", p.container_port),
-                Some(vec![PortBinding {
-                    host_ip: Some(p.host_ip.clone()),
-                    host_port: Some(p.host_port.to_string()),
-                }]),
+                Some(vec![PortBinding { host_ip: Some(p.host_ip.clone()), host_port: Some(p.host_port.to_string()) }]),
             );
         }
         let body = ContainerCreateBody {
             image: Some(config.image.clone()),
             labels: Some(labels),
             env: Some(config.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            exposed_ports: Some(
-                config
-                    .ports
-                    .iter()
-                    .map(|p| format!("{}/tcp", p.container_port))
-                    .collect(),
-            ),
+            exposed_ports: Some(config.ports.iter().map(|p| format!("{}/tcp", p.container_port)).collect()),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
                 restart_policy: Some(RestartPolicy {
@@ -371,27 +280,16 @@ impl StepKind for DockerContainer {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&config.name)
-            .build();
-        let created = docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| api_error("creating the container", e))?;
+        let options = CreateContainerOptionsBuilder::default().name(&config.name).build();
+        let created =
+            docker.create_container(Some(options), body).await.map_err(|e| api_error("creating the container", e))?;
         if let Err(e) = docker.start_container(&created.id, None).await {
             // Nothing half-made: a container that cannot start is removed again.
             self.remove(&created.id).await?;
             let message = engine_message(&e);
-            let hint = (message.contains("port is already allocated")
-                || message.contains("address already in use"))
-            .then(|| {
-                "another process took the port: pick another with `--param port=…`".to_string()
-            });
-            return Err(Error::Backend {
-                message: format!("starting {}: {message}", config.name),
-                detail: None,
-                hint,
-            });
+            let hint = (message.contains("port is already allocated") || message.contains("address already in use"))
+                .then(|| "another process took the port: pick another with `--param port=…`".to_string());
+            return Err(Error::Backend { message: format!("starting {}: {message}", config.name), detail: None, hint });
         }
         Ok(Self::outputs(&config, &created.id))
     }
@@ -417,35 +315,21 @@ impl StepKind for DockerContainer {
                         config.name, ready.http
                     ),
                     detail: Some(self.logs_tail(&config.name).await),
-                    hint: Some(format!(
-                        "the lines above are the end of its log (`docker logs {}`)",
-                        config.name
-                    )),
+                    hint: Some(format!("the lines above are the end of its log (`docker logs {}`)", config.name)),
                 });
             }
             if Instant::now() >= deadline {
                 return Err(Error::Backend {
-                    message: format!(
-                        "{} did not answer within {}s (last: {last})",
-                        ready.http, ready.timeout
-                    ),
+                    message: format!("{} did not answer within {}s (last: {last})", ready.http, ready.timeout),
                     detail: Some(self.logs_tail(&config.name).await),
-                    hint: Some(
-                        "raise `ready.timeout` in the lab spec if the app is just slow to start"
-                            .into(),
-                    ),
+                    hint: Some("raise `ready.timeout` in the lab spec if the app is just slow to start".into()),
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    async fn verify(
-        &self,
-        ctx: &StepCtx<'_>,
-        desired: &Value,
-        _outputs: &Outputs,
-    ) -> Result<Vec<CheckResult>> {
+    async fn verify(&self, ctx: &StepCtx<'_>, desired: &Value, _outputs: &Outputs) -> Result<Vec<CheckResult>> {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
         let existing = self.existing(ctx, &config.name).await?;
         let (ok, detail) = match existing {
@@ -453,24 +337,14 @@ impl StepKind for DockerContainer {
             Some(e) => (false, e.state),
             None => (false, "missing".into()),
         };
-        Ok(vec![CheckResult {
-            name: format!("container {} is running", config.name),
-            ok,
-            detail,
-        }])
+        Ok(vec![CheckResult { name: format!("container {} is running", config.name), ok, detail }])
     }
 
     async fn destroy(&self, ctx: &StepCtx<'_>, step: Option<&str>) -> Result<Vec<String>> {
         let docker = self.docker.client().await?;
         let filters = label_filters(ctx.ownership, step);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let found = docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| api_error("listing containers", e))?;
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let found = docker.list_containers(Some(options)).await.map_err(|e| api_error("listing containers", e))?;
         let mut removed = Vec::new();
         for c in found {
             let id = c.id.unwrap_or_default();

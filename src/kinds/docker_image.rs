@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
-    TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -60,20 +59,12 @@ impl Config {
     /// Packs the context. `labels`, when given, are appended to the Dockerfile as one `LABEL`
     /// instruction: one build step, where the API's `labels` option adds a step per label.
     /// The hash covers the files as they are, not the labels (which carry the run id).
-    fn context(
-        &self,
-        ctx: &StepCtx<'_>,
-        labels: Option<&BTreeMap<String, String>>,
-    ) -> Result<Context> {
+    fn context(&self, ctx: &StepCtx<'_>, labels: Option<&BTreeMap<String, String>>) -> Result<Context> {
         let tree = ctx.source.resolve_dir(&self.context)?;
         let files = tree.files()?;
         if !files.iter().any(|f| f.path == self.dockerfile) {
             return Err(Error::usage(
-                format!(
-                    "no `{}` in the build context {}",
-                    self.dockerfile,
-                    tree.describe()
-                ),
+                format!("no `{}` in the build context {}", self.dockerfile, tree.describe()),
                 "set `dockerfile:` in the step, or add the file",
             ));
         }
@@ -86,18 +77,13 @@ impl Config {
         let args = serde_json::to_vec(&self.build_args).expect("strings serialize");
         hashed.push(&args);
         let mut builder = tar::Builder::new(Vec::new());
-        for f in files
-            .iter()
-            .filter(|f| f.path == self.dockerfile || !ignore.is_ignored(&f.path))
-        {
+        for f in files.iter().filter(|f| f.path == self.dockerfile || !ignore.is_ignored(&f.path)) {
             hashed.push(f.path.as_bytes());
             hashed.push(&f.contents);
             let mut contents = f.contents.clone();
             if let (true, Some(labels)) = (f.path == self.dockerfile, labels) {
-                let pairs: Vec<String> = labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", serde_json::Value::from(v.as_str())))
-                    .collect();
+                let pairs: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}={}", serde_json::Value::from(v.as_str()))).collect();
                 contents.extend_from_slice(format!("\nLABEL {}\n", pairs.join(" ")).as_bytes());
             }
             let mut header = tar::Header::new_gnu();
@@ -110,9 +96,7 @@ impl Config {
                 .map_err(|e| Error::io(format!("packing {}", f.path), e))?;
         }
         let hash = input_hash(&hashed);
-        let tar = builder
-            .into_inner()
-            .map_err(|e| Error::io("packing the build context", e))?;
+        let tar = builder.into_inner().map_err(|e| Error::io("packing the build context", e))?;
         Ok(Context { tar, hash })
     }
 }
@@ -129,13 +113,8 @@ impl DockerImage {
     async fn find(&self, ctx: &StepCtx<'_>, step: Option<&str>) -> Result<Vec<Found>> {
         let docker = self.docker.client().await?;
         let filters = label_filters(ctx.ownership, step);
-        let options = ListImagesOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let images = docker
-            .list_images(Some(options))
-            .await
-            .map_err(|e| api_error("listing images", e))?;
+        let options = ListImagesOptionsBuilder::default().filters(&filters).build();
+        let images = docker.list_images(Some(options)).await.map_err(|e| api_error("listing images", e))?;
         Ok(images
             .into_iter()
             .map(|i| Found {
@@ -157,25 +136,13 @@ impl StepKind for DockerImage {
 
     fn validate(&self, config: &Value) -> std::result::Result<(), String> {
         let c: Config = typed_config(config)?;
-        if !c.tag.contains(':')
-            || c.tag
-                .chars()
-                .any(|ch| ch.is_ascii_uppercase() || ch.is_whitespace())
-        {
-            return Err(format!(
-                "field `tag`: `{}` must be a lowercase `repository:tag`",
-                c.tag
-            ));
+        if !c.tag.contains(':') || c.tag.chars().any(|ch| ch.is_ascii_uppercase() || ch.is_whitespace()) {
+            return Err(format!("field `tag`: `{}` must be a lowercase `repository:tag`", c.tag));
         }
         Ok(())
     }
 
-    async fn observe(
-        &self,
-        ctx: &StepCtx<'_>,
-        desired: &Value,
-        _pending: bool,
-    ) -> Result<Observation> {
+    async fn observe(&self, ctx: &StepCtx<'_>, desired: &Value, _pending: bool) -> Result<Observation> {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
         let context = config.context(ctx, None)?;
         let found = self.find(ctx, Some(ctx.step)).await?;
@@ -183,21 +150,12 @@ impl StepKind for DockerImage {
             return Ok(match found.first() {
                 Some(old) => Observation {
                     action: Action::Replace,
-                    reason: format!(
-                        "build {} (context or build args changed since {})",
-                        config.tag,
-                        short_id(&old.id)
-                    ),
+                    reason: format!("build {} (context or build args changed since {})", config.tag, short_id(&old.id)),
                     outputs: Outputs::new(),
-                    details: vec![
-                        ("image".into(), short_id(&old.id)),
-                        ("state".into(), "stale".into()),
-                    ],
+                    details: vec![("image".into(), short_id(&old.id)), ("state".into(), "stale".into())],
                     drift: false,
                 },
-                None => {
-                    Observation::absent(format!("build {} from {}", config.tag, config.context))
-                }
+                None => Observation::absent(format!("build {} from {}", config.tag, config.context)),
             });
         };
         let outputs = Outputs::from_iter([
@@ -205,15 +163,9 @@ impl StepKind for DockerImage {
             ("tag".to_string(), Value::from(config.tag.clone())),
         ]);
         let details = vec![
-            (
-                "image".into(),
-                format!("{} {}", short_id(&current.id), current.tags.join(" ")),
-            ),
+            ("image".into(), format!("{} {}", short_id(&current.id), current.tags.join(" "))),
             ("built".into(), age(current.created)),
-            (
-                "size".into(),
-                format!("{:.1} MB", current.size as f64 / 1e6),
-            ),
+            ("size".into(), format!("{:.1} MB", current.size as f64 / 1e6)),
         ];
         let tagged = current.tags.iter().any(|t| t == &config.tag);
         Ok(Observation {
@@ -229,25 +181,14 @@ impl StepKind for DockerImage {
         })
     }
 
-    async fn apply(
-        &self,
-        ctx: &StepCtx<'_>,
-        desired: &Value,
-        observed: &Observation,
-    ) -> Result<Outputs> {
+    async fn apply(&self, ctx: &StepCtx<'_>, desired: &Value, observed: &Observation) -> Result<Outputs> {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
         let docker = self.docker.client().await?;
         let (repo, tag) = config.tag.rsplit_once(':').expect("validated");
         if observed.action == Action::Update {
             let id = observed.outputs["id"].as_str().unwrap_or_default();
-            let options = TagImageOptionsBuilder::default()
-                .repo(repo)
-                .tag(tag)
-                .build();
-            docker
-                .tag_image(id, Some(options))
-                .await
-                .map_err(|e| api_error("tagging the image", e))?;
+            let options = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
+            docker.tag_image(id, Some(options)).await.map_err(|e| api_error("tagging the image", e))?;
             return Ok(observed.outputs.clone());
         }
         let hash = config.context(ctx, None)?.hash;
@@ -260,8 +201,7 @@ impl StepKind for DockerImage {
             .forcerm(true)
             .buildargs(&args)
             .build();
-        let mut stream =
-            docker.build_image(options, None, Some(bollard::body_full(context.tar.into())));
+        let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.tar.into())));
         let mut tail: Vec<String> = Vec::new();
         // Layers this build committed: removed again if the build fails.
         let mut layers: Vec<String> = Vec::new();
@@ -294,24 +234,16 @@ impl StepKind for DockerImage {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(config.timeout), build)
-            .await
-            .is_err()
-        {
-            failure = Some(format!(
-                "the build took longer than {}s (the step's `timeout`)",
-                config.timeout
-            ));
+        if tokio::time::timeout(Duration::from_secs(config.timeout), build).await.is_err() {
+            failure = Some(format!("the build took longer than {}s (the step's `timeout`)", config.timeout));
         }
         if let Some(message) = failure {
             // Nothing half-made: drop the untagged layers of the failed build that nothing else
             // uses. Tagged images (the FROM base) are never touched, and the engine refuses to
             // remove a layer another image builds on, which is right.
             for layer in layers.iter().rev() {
-                let untagged = docker
-                    .inspect_image(layer)
-                    .await
-                    .is_ok_and(|i| i.repo_tags.unwrap_or_default().is_empty());
+                let untagged =
+                    docker.inspect_image(layer).await.is_ok_and(|i| i.repo_tags.unwrap_or_default().is_empty());
                 if untagged {
                     let options = RemoveImageOptionsBuilder::default().force(false).build();
                     let _ = docker.remove_image(layer, Some(options), None).await;
@@ -334,25 +266,13 @@ impl StepKind for DockerImage {
                 .unwrap_or_default(),
         };
         // Older builds of this step are superseded: remove them (an image still in use stays).
-        for old in self
-            .find(ctx, Some(ctx.step))
-            .await?
-            .into_iter()
-            .filter(|f| f.id != id)
-        {
+        for old in self.find(ctx, Some(ctx.step)).await?.into_iter().filter(|f| f.id != id) {
             let options = RemoveImageOptionsBuilder::default().force(false).build();
-            if docker
-                .remove_image(&old.id, Some(options), None)
-                .await
-                .is_ok()
-            {
+            if docker.remove_image(&old.id, Some(options), None).await.is_ok() {
                 ctx.log(&format!("removed superseded image {}", short_id(&old.id)));
             }
         }
-        Ok(Outputs::from_iter([
-            ("id".to_string(), Value::from(id)),
-            ("tag".to_string(), Value::from(config.tag)),
-        ]))
+        Ok(Outputs::from_iter([("id".to_string(), Value::from(id)), ("tag".to_string(), Value::from(config.tag))]))
     }
 
     async fn destroy(&self, ctx: &StepCtx<'_>, step: Option<&str>) -> Result<Vec<String>> {
@@ -364,10 +284,7 @@ impl StepKind for DockerImage {
                 Ok(_) => removed.push(format!("image {}", short_id(&image.id))),
                 Err(e) if super::docker::is_not_found(&e) => {}
                 Err(e) => {
-                    return Err(api_error(
-                        &format!("removing image {}", short_id(&image.id)),
-                        e,
-                    ));
+                    return Err(api_error(&format!("removing image {}", short_id(&image.id)), e));
                 }
             }
         }

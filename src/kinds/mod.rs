@@ -5,18 +5,26 @@ use std::sync::Arc;
 use crate::config::Profile;
 use crate::step::Registry;
 
+pub mod aws;
 pub mod docker;
 pub mod docker_container;
 pub mod docker_image;
+pub mod ec2_ami;
+pub mod ec2_instance;
+pub mod ec2_key_pair;
+pub mod ec2_security_group;
 
 /// Every step kind this binary knows, wired to the backends the profile names.
 pub fn registry(profile: &Profile) -> Registry {
     let docker = Arc::new(docker::DockerBackend::new(profile.docker_host.clone()));
+    let aws = Arc::new(aws::AwsBackend::new(profile.aws.clone()));
     Registry::default()
-        .with(Arc::new(docker_image::DockerImage {
-            docker: docker.clone(),
-        }))
+        .with(Arc::new(docker_image::DockerImage { docker: docker.clone() }))
         .with(Arc::new(docker_container::DockerContainer { docker }))
+        .with(Arc::new(ec2_ami::Ec2Ami { aws: aws.clone() }))
+        .with(Arc::new(ec2_security_group::Ec2SecurityGroup { aws: aws.clone() }))
+        .with(Arc::new(ec2_key_pair::Ec2KeyPair { aws: aws.clone() }))
+        .with(Arc::new(ec2_instance::Ec2Instance { aws }))
 }
 
 /// sha256 of the parts, hex — the `labctl.input-hash` a resource is labelled with.

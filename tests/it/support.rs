@@ -8,16 +8,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::{
-    EventsOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-};
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder};
 use futures_util::StreamExt;
 use serde_json::Value;
 
 /// The base image for TD4 builds in tests: made locally by testenv/up.sh (no registry here).
 pub fn base_image() -> String {
-    std::env::var("LABCTL_TEST_BASE_IMAGE")
-        .unwrap_or_else(|_| "labctl-test/node:20-bookworm".into())
+    std::env::var("LABCTL_TEST_BASE_IMAGE").unwrap_or_else(|_| "labctl-test/node:20-bookworm".into())
 }
 
 /// One isolated user of labctl: own owner id, state dir and host port.
@@ -43,15 +40,12 @@ impl Student {
 
     /// `labctl` with this student's owner, state dir, port and the local base image.
     pub fn labctl(&self) -> Labctl {
-        let mut l = Labctl::new()
-            .args(["--owner", &self.owner, "--state-dir"])
-            .arg(self.state.path())
-            .args([
-                "--param",
-                &format!("port={}", self.port),
-                "--param",
-                &format!("base_image={}", base_image()),
-            ]);
+        let mut l = Labctl::new().args(["--owner", &self.owner, "--state-dir"]).arg(self.state.path()).args([
+            "--param",
+            &format!("port={}", self.port),
+            "--param",
+            &format!("base_image={}", base_image()),
+        ]);
         if let Some(dir) = &self.labs_dir {
             l = l.arg("--labs-dir").arg(dir);
         }
@@ -66,19 +60,12 @@ impl Student {
 impl Drop for Student {
     /// Whatever a failed test left behind is removed (by label, like `down --sweep`).
     fn drop(&mut self) {
-        let _ = self
-            .labctl()
-            .args(["td4", "down", "--sweep", "--yes"])
-            .output();
+        let _ = self.labctl().args(["td4", "down", "--sweep", "--yes"]).output();
     }
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub struct Labctl {
@@ -101,8 +88,7 @@ impl Labctl {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("XDG_CONFIG_HOME", "/nonexistent-labctl-test-config")
-            .stdin(Stdio::null());
+        cmd.env("XDG_CONFIG_HOME", "/nonexistent-labctl-test-config").stdin(Stdio::null());
         Labctl { cmd }
     }
 
@@ -135,22 +121,14 @@ impl Labctl {
     }
 
     pub fn spawn(mut self) -> Child {
-        self.cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("labctl starts")
+        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("labctl starts")
     }
 }
 
 impl Run {
     #[track_caller]
     pub fn code(self, want: i32) -> Run {
-        assert_eq!(
-            self.code, want,
-            "exit code\n--- stdout\n{}\n--- stderr\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, want, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
         self
     }
 
@@ -187,16 +165,10 @@ impl Run {
         let events: Vec<Value> = self
             .stdout
             .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}\n{}", self.stderr))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}\n{}", self.stderr)))
             .collect();
         let last = events.last().expect("some events");
-        assert_eq!(
-            last["event"], "summary",
-            "the last event is the summary: {last}"
-        );
+        assert_eq!(last["event"], "summary", "the last event is the summary: {last}");
         events
     }
 
@@ -241,10 +213,7 @@ pub fn kill_once(mut child: Child, timeout: Duration, what: &str, cond: impl Fn(
     let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "labctl ended before {what}"
-        );
+        assert!(child.try_wait().unwrap().is_none(), "labctl ended before {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
     child.kill().unwrap();
@@ -258,34 +227,20 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut s = std::net::TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {} HTTP/1.0\r\nHost: {host}\r\n\r\n",
-        if path.is_empty() { "/" } else { path }
-    )
-    .ok()?;
+    write!(s, "GET {} HTTP/1.0\r\nHost: {host}\r\n\r\n", if path.is_empty() { "/" } else { path }).ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
-    Some((
-        head.split_whitespace().nth(1)?.parse().ok()?,
-        body.to_string(),
-    ))
+    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
 }
 
 // ---- the Docker engine's own view ----------------------------------------------------------
 
 fn docker<T>(f: impl AsyncFnOnce(&Docker) -> T) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let d = Docker::connect_with_defaults()
-            .unwrap()
-            .negotiate_version()
-            .await
-            .expect("the test Docker engine answers");
+        let d =
+            Docker::connect_with_defaults().unwrap().negotiate_version().await.expect("the test Docker engine answers");
         f(&d).await
     })
 }
@@ -297,21 +252,13 @@ fn owner_filter(owner: &str) -> HashMap<String, Vec<String>> {
 /// (name, state) of every container labelled with this owner, running or not.
 pub fn containers_of(owner: &str) -> Vec<(String, String)> {
     docker(async |d| {
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&owner_filter(owner))
-            .build();
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&owner_filter(owner)).build();
         d.list_containers(Some(options))
             .await
             .unwrap()
             .into_iter()
             .map(|c| {
-                let name = c
-                    .names
-                    .unwrap_or_default()
-                    .join(",")
-                    .trim_start_matches('/')
-                    .to_string();
+                let name = c.names.unwrap_or_default().join(",").trim_start_matches('/').to_string();
                 (name, c.state.map(|s| s.to_string()).unwrap_or_default())
             })
             .collect()
@@ -321,26 +268,15 @@ pub fn containers_of(owner: &str) -> Vec<(String, String)> {
 /// Ids of every (top-level) image labelled with this owner.
 pub fn images_of(owner: &str) -> Vec<String> {
     docker(async |d| {
-        let options = ListImagesOptionsBuilder::default()
-            .filters(&owner_filter(owner))
-            .build();
-        d.list_images(Some(options))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|i| i.id)
-            .collect()
+        let options = ListImagesOptionsBuilder::default().filters(&owner_filter(owner)).build();
+        d.list_images(Some(options)).await.unwrap().into_iter().map(|i| i.id).collect()
     })
 }
 
 /// Engine events about this owner's containers and images between two Unix times.
 pub fn events_of(owner: &str, since: String, until: String) -> Vec<String> {
     docker(async |d| {
-        let options = EventsOptionsBuilder::default()
-            .since(&since)
-            .until(&until)
-            .filters(&owner_filter(owner))
-            .build();
+        let options = EventsOptionsBuilder::default().since(&since).until(&until).filters(&owner_filter(owner)).build();
         let mut stream = d.events(Some(options));
         let mut out = Vec::new();
         while let Some(Ok(e)) = stream.next().await {
@@ -351,21 +287,12 @@ pub fn events_of(owner: &str, since: String, until: String) -> Vec<String> {
 }
 
 pub fn stop_container(name: &str) {
-    docker(async |d| {
-        d.stop_container(
-            name,
-            None::<bollard::query_parameters::StopContainerOptions>,
-        )
-        .await
-        .unwrap()
-    });
+    docker(async |d| d.stop_container(name, None::<bollard::query_parameters::StopContainerOptions>).await.unwrap());
 }
 
 /// Now, as the engine's `since`/`until` filters take it: `seconds.nanoseconds`.
 pub fn unix_now() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
@@ -378,16 +305,12 @@ pub fn custom_td4(
 ) -> PathBuf {
     let root = student.state.path().join("custom");
     let app = root.join("app");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/sample-app"),
-        &app,
-    );
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/sample-app"), &app);
     let dockerfile = std::fs::read_to_string(app.join("Dockerfile")).unwrap();
     std::fs::write(app.join("Dockerfile"), dockerfile_edit(&dockerfile)).unwrap();
     let labs = root.join("labs");
     std::fs::create_dir_all(&labs).unwrap();
-    let spec = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/td4.yaml"))
-        .unwrap();
+    let spec = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/td4.yaml")).unwrap();
     let spec = spec.replace("context: ../apps/sample-app", "context: ../app");
     std::fs::write(labs.join("td4.yaml"), spec_edit(&spec)).unwrap();
     student.labs_dir = Some(labs.clone());

@@ -10,41 +10,21 @@ fn plan_up_up_status_down_down() {
 
     // plan on a clean machine: lists what up will create, changes nothing.
     let plan = s.labctl().args(["--json", "td4", "plan"]).run().code(2);
-    let planned: Vec<_> = plan
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "planned")
-        .collect();
+    let planned: Vec<_> = plan.events().into_iter().filter(|e| e["event"] == "planned").collect();
     assert_eq!(planned.len(), 2);
-    assert!(
-        planned.iter().all(|e| e["action"] == "create"),
-        "{planned:?}"
-    );
+    assert!(planned.iter().all(|e| e["action"] == "create"), "{planned:?}");
     assert!(containers_of(&s.owner).is_empty() && images_of(&s.owner).is_empty());
 
     // up: builds, runs, verifies.
     let up = s.labctl().args(["--json", "td4", "up"]).run().success();
     let summary = up.summary();
-    assert_eq!(
-        (
-            summary["changed"].as_u64(),
-            summary["checks_failed"].as_u64()
-        ),
-        (Some(2), Some(0)),
-        "{summary}"
-    );
-    assert_eq!(
-        containers_of(&s.owner),
-        vec![(format!("sample-app-{}", s.owner), "running".to_string())]
-    );
+    assert_eq!((summary["changed"].as_u64(), summary["checks_failed"].as_u64()), (Some(2), Some(0)), "{summary}");
+    assert_eq!(containers_of(&s.owner), vec![(format!("sample-app-{}", s.owner), "running".to_string())]);
     assert_eq!(images_of(&s.owner).len(), 1);
     assert_eq!(http_get(&s.url("/")), Some((200, "Hello, World!".into())));
     let (status, body) = http_get(&s.url("/name/%3Cscript%3E")).unwrap();
     assert_eq!(status, 200);
-    assert!(
-        body.contains("Hello, &lt;script&gt;!") && !body.contains("<script>"),
-        "{body}"
-    );
+    assert!(body.contains("Hello, &lt;script&gt;!") && !body.contains("<script>"), "{body}");
     assert_eq!(http_get(&s.url("/add/abc/1")).map(|r| r.0), Some(400));
 
     // up again: 0 changes, and the engine saw no event at all for this owner.
@@ -52,47 +32,23 @@ fn plan_up_up_status_down_down() {
     let again = s.labctl().args(["--json", "td4", "up"]).run().success();
     let until = unix_now();
     let summary = again.summary();
-    assert_eq!(
-        (summary["changed"].as_u64(), summary["unchanged"].as_u64()),
-        (Some(0), Some(2)),
-        "{summary}"
-    );
+    assert_eq!((summary["changed"].as_u64(), summary["unchanged"].as_u64()), (Some(0), Some(2)), "{summary}");
     assert!(summary["checks_passed"].as_u64().unwrap() >= 5);
     let events = events_of(&s.owner, since, until);
-    assert!(
-        events.is_empty(),
-        "a no-op up made the engine do something: {events:?}"
-    );
+    assert!(events.is_empty(), "a no-op up made the engine do something: {events:?}");
 
     // status is live: a container stopped behind labctl's back is drift.
-    s.labctl()
-        .args(["td4", "status", "--exit-code"])
-        .run()
-        .success()
-        .stdout_has("running")
-        .stdout_has("HTTP 200");
+    s.labctl().args(["td4", "status", "--exit-code"]).run().success().stdout_has("running").stdout_has("HTTP 200");
     stop_container(&format!("sample-app-{}", s.owner));
-    s.labctl()
-        .args(["td4", "status", "--exit-code"])
-        .run()
-        .code(2)
-        .stdout_has("exited");
+    s.labctl().args(["td4", "status", "--exit-code"]).run().code(2).stdout_has("exited");
     s.labctl().args(["td4", "verify"]).run().code(3);
-    s.labctl()
-        .args(["td4", "up"])
-        .run()
-        .success()
-        .stdout_has("updated");
+    s.labctl().args(["td4", "up"]).run().success().stdout_has("updated");
     assert_eq!(http_get(&s.url("/")).map(|r| r.0), Some(200));
 
     // down leaves nothing labelled for this owner; a second down is a no-op.
     let down = s.labctl().args(["--json", "td4", "down"]).run().success();
     assert_eq!(down.summary()["changed"].as_u64(), Some(2));
-    assert!(
-        containers_of(&s.owner).is_empty(),
-        "{:?}",
-        containers_of(&s.owner)
-    );
+    assert!(containers_of(&s.owner).is_empty(), "{:?}", containers_of(&s.owner));
     assert!(images_of(&s.owner).is_empty(), "{:?}", images_of(&s.owner));
     let again = s.labctl().args(["--json", "td4", "down"]).run().success();
     assert_eq!(again.summary()["changed"].as_u64(), Some(0));
@@ -110,10 +66,7 @@ fn two_owners_side_by_side() {
 
     alice.labctl().args(["-q", "td4", "down"]).run().success();
     assert!(containers_of(&alice.owner).is_empty() && images_of(&alice.owner).is_empty());
-    assert_eq!(
-        containers_of(&bob.owner),
-        vec![(format!("sample-app-{}", bob.owner), "running".to_string())]
-    );
+    assert_eq!(containers_of(&bob.owner), vec![(format!("sample-app-{}", bob.owner), "running".to_string())]);
     assert_eq!(images_of(&bob.owner).len(), 1);
     assert_eq!(http_get(&bob.url("/")), Some((200, "Hello, World!".into())));
     bob.labctl().args(["td4", "verify"]).run().success();
@@ -123,30 +76,18 @@ fn two_owners_side_by_side() {
 fn kill_during_the_build_then_up_converges_and_down_cleans() {
     let mut s = Student::new("killbuild");
     // A build step that takes a while, so the kill lands in the middle of the build.
-    custom_td4(
-        &mut s,
-        |d| d.replace("USER node", "RUN sleep 6\nUSER node"),
-        |spec| spec.to_string(),
-    );
+    custom_td4(&mut s, |d| d.replace("USER node", "RUN sleep 6\nUSER node"), |spec| spec.to_string());
     let child = s.labctl().args(["--json", "-v", "td4", "up"]).spawn();
     let seen = kill_when(child, Duration::from_secs(300), |e| {
-        e["event"] == "log"
-            && e["line"]
-                .as_str()
-                .is_some_and(|l| l.contains("RUN sleep 6"))
+        e["event"] == "log" && e["line"].as_str().is_some_and(|l| l.contains("RUN sleep 6"))
     });
-    assert!(
-        seen.iter()
-            .any(|e| e["event"] == "started" && e["step"] == "image")
-    );
+    assert!(seen.iter().any(|e| e["event"] == "started" && e["step"] == "image"));
     std::thread::sleep(Duration::from_secs(1));
 
     let up = s.labctl().args(["--json", "td4", "up"]).run().success();
     let events = up.events();
     assert!(
-        events
-            .iter()
-            .any(|e| e["event"] == "recovered" && e["step"] == "image"),
+        events.iter().any(|e| e["event"] == "recovered" && e["step"] == "image"),
         "the journal told of the interrupted build"
     );
     assert_eq!(containers_of(&s.owner).len(), 1);
@@ -174,38 +115,20 @@ fn kill_during_the_run_step_then_up_adopts_the_container() {
         },
     );
     let child = s.labctl().args(["--json", "td4", "up"]).spawn();
-    kill_once(
-        child,
-        Duration::from_secs(300),
-        "the container runs",
-        || containers_of(&s.owner).iter().any(|c| c.1 == "running"),
-    );
-    assert_eq!(
-        containers_of(&s.owner).len(),
-        1,
-        "the killed run left its container"
-    );
+    kill_once(child, Duration::from_secs(300), "the container runs", || {
+        containers_of(&s.owner).iter().any(|c| c.1 == "running")
+    });
+    assert_eq!(containers_of(&s.owner).len(), 1, "the killed run left its container");
 
     // Fix the readiness URL (not part of the container's identity): the next up adopts it.
     let spec = std::fs::read_to_string(labs.join("td4.yaml")).unwrap();
-    std::fs::write(
-        labs.join("td4.yaml"),
-        spec.replace(
-            &format!("127.0.0.1:{dead}/"),
-            "127.0.0.1:{{ params.port }}/",
-        ),
-    )
-    .unwrap();
+    std::fs::write(labs.join("td4.yaml"), spec.replace(&format!("127.0.0.1:{dead}/"), "127.0.0.1:{{ params.port }}/"))
+        .unwrap();
     let up = s.labctl().args(["--json", "td4", "up"]).run().success();
     let events = up.events();
+    assert!(events.iter().any(|e| e["event"] == "recovered"), "the next run knows the last one was cut short");
     assert!(
-        events.iter().any(|e| e["event"] == "recovered"),
-        "the next run knows the last one was cut short"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e["event"] == "unchanged" && e["step"] == "app"),
+        events.iter().any(|e| e["event"] == "unchanged" && e["step"] == "app"),
         "adopted, not recreated: {events:#?}"
     );
     assert_eq!(containers_of(&s.owner).len(), 1, "no duplicate");
@@ -233,12 +156,7 @@ fn a_failing_dockerfile_shows_the_log_tail_and_leaves_nothing() {
     let mut s = Student::new("badbuild");
     custom_td4(
         &mut s,
-        |d| {
-            d.replace(
-                "USER node",
-                "RUN echo 'about to fail' && exit 42\nUSER node",
-            )
-        },
+        |d| d.replace("USER node", "RUN echo 'about to fail' && exit 42\nUSER node"),
         |spec| spec.to_string(),
     );
     s.labctl()
@@ -262,25 +180,14 @@ fn an_unreachable_engine_says_how_to_start_one() {
         .code(1)
         .stderr_has("cannot reach the Docker engine at unix:///nonexistent/docker.sock")
         .stderr_has("dockerd");
-    let doctor = Labctl::new()
-        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .args(["doctor"])
-        .run()
-        .code(1);
-    assert!(
-        doctor.stdout.contains("✗ docker engine") && doctor.stdout.contains("fix:"),
-        "{doctor:?}"
-    );
+    let doctor = Labctl::new().env("DOCKER_HOST", "unix:///nonexistent/docker.sock").args(["doctor"]).run().code(1);
+    assert!(doctor.stdout.contains("✗ docker engine") && doctor.stdout.contains("fix:"), "{doctor:?}");
 }
 
 #[test]
 fn ctrl_c_stops_cleanly_and_a_second_labctl_waits_for_the_lock() {
     let mut s = Student::new("sigint");
-    custom_td4(
-        &mut s,
-        |d| d.replace("USER node", "RUN sleep 8\nUSER node"),
-        |spec| spec.to_string(),
-    );
+    custom_td4(&mut s, |d| d.replace("USER node", "RUN sleep 8\nUSER node"), |spec| spec.to_string());
     let mut child = s.labctl().args(["--json", "-v", "td4", "up"]).spawn();
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
@@ -300,28 +207,15 @@ fn ctrl_c_stops_cleanly_and_a_second_labctl_waits_for_the_lock() {
         .stderr_has("labctl td4 up");
 
     let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "Ctrl-C exits 130");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let last: serde_json::Value = serde_json::from_str(rest.last().unwrap()).unwrap();
-    assert_eq!(
-        (last["event"].as_str(), last["exit_code"].as_i64()),
-        (Some("summary"), Some(130))
-    );
+    assert_eq!((last["event"].as_str(), last["exit_code"].as_i64()), (Some("summary"), Some(130)));
 
     let up = s.labctl().args(["--json", "td4", "up"]).run().success();
-    assert!(
-        up.events()
-            .iter()
-            .any(|e| e["event"] == "recovered" && e["step"] == "image")
-    );
+    assert!(up.events().iter().any(|e| e["event"] == "recovered" && e["step"] == "image"));
     s.labctl().args(["-q", "td4", "down"]).run().success();
     assert!(containers_of(&s.owner).is_empty() && images_of(&s.owner).is_empty());
 }
