@@ -2,6 +2,8 @@
 //! `testenv/up.sh`. Assertions read the engine's own listings (bollard), not labctl's state.
 //! All integration tests compile into this one binary.
 
+mod aws;
 mod cli;
 mod support;
+mod td1;
 mod td4;

@@ -17,35 +17,54 @@ pub fn base_image() -> String {
     std::env::var("LABCTL_TEST_BASE_IMAGE").unwrap_or_else(|_| "labctl-test/node:20-bookworm".into())
 }
 
-/// One isolated user of labctl: own owner id, state dir and host port.
+/// One isolated user of labctl for one lab: own owner id, state dir (and host port for TD4).
 pub struct Student {
+    pub lab: &'static str,
     pub owner: String,
     pub port: u16,
     pub state: tempfile::TempDir,
     pub labs_dir: Option<PathBuf>,
+    /// Options every run of this student gets (profile, params).
+    pub args: Vec<String>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl Student {
-    pub fn new(tag: &str) -> Student {
+    fn new_for(lab: &'static str, tag: &str) -> Student {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         Student {
+            lab,
             owner: format!("t{}-{tag}-{n}", std::process::id() % 100000),
             port: free_port(),
             state: tempfile::tempdir().unwrap(),
             labs_dir: None,
+            args: Vec::new(),
         }
     }
 
-    /// `labctl` with this student's owner, state dir, port and the local base image.
+    /// A TD4 user: own port, the local base image.
+    pub fn new(tag: &str) -> Student {
+        let mut s = Student::new_for("td4", tag);
+        s.args = vec![
+            "--param".into(),
+            format!("port={}", s.port),
+            "--param".into(),
+            format!("base_image={}", base_image()),
+        ];
+        s
+    }
+
+    /// A TD1 user against LocalStack.
+    pub fn td1(tag: &str) -> Student {
+        let mut s = Student::new_for("td1", tag);
+        s.args = vec!["--profile".into(), "localstack".into()];
+        s
+    }
+
+    /// `labctl` with this student's owner, state dir and options.
     pub fn labctl(&self) -> Labctl {
-        let mut l = Labctl::new().args(["--owner", &self.owner, "--state-dir"]).arg(self.state.path()).args([
-            "--param",
-            &format!("port={}", self.port),
-            "--param",
-            &format!("base_image={}", base_image()),
-        ]);
+        let mut l = Labctl::new().args(["--owner", &self.owner, "--state-dir"]).arg(self.state.path()).args(&self.args);
         if let Some(dir) = &self.labs_dir {
             l = l.arg("--labs-dir").arg(dir);
         }
@@ -60,7 +79,7 @@ impl Student {
 impl Drop for Student {
     /// Whatever a failed test left behind is removed (by label, like `down --sweep`).
     fn drop(&mut self) {
-        let _ = self.labctl().args(["td4", "down", "--sweep", "--yes"]).output();
+        let _ = self.labctl().args([self.lab, "down", "--sweep", "--yes"]).output();
     }
 }
 
