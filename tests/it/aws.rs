@@ -118,6 +118,8 @@ pub fn revoke(group: &str, port: i32, cidr: &str) {
 pub struct Relay {
     pub port: u16,
     sent: Arc<Mutex<Vec<u8>>>,
+    /// When set, answers stop flowing back to labctl once a request with this action went out.
+    hold: Arc<Mutex<Option<(String, bool)>>>,
 }
 
 impl Relay {
@@ -125,11 +127,13 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let sent = Arc::new(Mutex::new(Vec::new()));
+        let hold: Arc<Mutex<Option<(String, bool)>>> = Arc::new(Mutex::new(None));
         let log = sent.clone();
+        let holding = hold.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 let Ok(upstream) = TcpStream::connect(LOCALSTACK) else { continue };
-                let log = log.clone();
+                let (log, hold_in, hold_out) = (log.clone(), holding.clone(), holding.clone());
                 let (mut c_read, mut u_write) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16384];
@@ -138,17 +142,42 @@ impl Relay {
                             break;
                         }
                         log.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if let Some((action, tripped)) = hold_in.lock().unwrap().as_mut() {
+                            *tripped |= String::from_utf8_lossy(&buf[..n]).contains(&format!("Action={action}&"));
+                        }
                     }
                     let _ = u_write.shutdown(std::net::Shutdown::Write);
                 });
                 let (mut u_read, mut c_write) = (upstream, client);
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut u_read, &mut c_write);
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = u_read.read(&mut buf) {
+                        while hold_out.lock().unwrap().as_ref().is_some_and(|(_, tripped)| *tripped) {
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        if n == 0 || c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = c_write.shutdown(std::net::Shutdown::Write);
                 });
             }
         });
-        Relay { port, sent }
+        Relay { port, sent, hold }
+    }
+
+    /// From now on, once a request with `action` has gone out, no answer reaches labctl until
+    /// `release`: the call is made, the caller never hears back.
+    pub fn hold_after(&self, action: &str) {
+        *self.hold.lock().unwrap() = Some((action.to_string(), false));
+    }
+
+    pub fn held(&self) -> bool {
+        self.hold.lock().unwrap().as_ref().is_some_and(|(_, tripped)| *tripped)
+    }
+
+    pub fn release(&self) {
+        *self.hold.lock().unwrap() = None;
     }
 
     /// EC2 actions sent so far, in order.

@@ -12,7 +12,7 @@ fn help_teaches_with_examples_and_lists_the_labs() {
 
 #[test]
 fn unknown_lab_is_a_clear_error() {
-    Labctl::new().args(["td9", "up"]).run().code(1).stderr_has("unknown lab `td9`").stderr_has("known labs: td4");
+    Labctl::new().args(["td9", "up"]).run().code(1).stderr_has("unknown lab `td9`").stderr_has("known labs: td1, td4");
     let json = Labctl::new().args(["--json", "td9", "up"]).run().code(1);
     let line: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
     assert_eq!(line["event"], "error");

@@ -232,9 +232,17 @@ pub fn kill_once(mut child: Child, timeout: Duration, what: &str, cond: impl Fn(
     let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        assert!(child.try_wait().unwrap().is_none(), "labctl ended before {what}");
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "labctl ended before {what}\n--- stdout\n{}\n--- stderr\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(child.try_wait().unwrap().is_none(), "labctl ended before it could be killed after {what}");
     child.kill().unwrap();
     child.wait().unwrap();
 }
