@@ -43,7 +43,8 @@ docker_up() {
   if ! docker info >/dev/null 2>&1; then
     say "starting dockerd (log: $DOCKERD_LOG)"
     need_root
-    nohup setsid dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+    # shellcheck disable=SC2086 # DOCKERD_ARGS is a list of flags (set by testenv/k8s.sh)
+    nohup setsid dockerd ${DOCKERD_ARGS:-} >"$DOCKERD_LOG" 2>&1 </dev/null &
     for _ in $(seq 1 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
     docker info >/dev/null 2>&1 || { say "dockerd did not come up; tail of $DOCKERD_LOG:"; tail -20 "$DOCKERD_LOG" >&2; exit 1; }
   fi
