@@ -65,7 +65,11 @@ pub enum LabAction {
     /// Show what `up` would change; changes nothing (exit 2 when changes are pending)
     Plan,
     /// Build, run and verify the lab; a second run changes nothing
-    Up,
+    Up {
+        /// Kubernetes: take ownership of fields another field manager changed (server-side apply)
+        #[arg(long)]
+        force_conflicts: bool,
+    },
     /// Live state of every step, with drift
     Status {
         /// Exit 2 when a step is missing, out of date or drifted
@@ -86,7 +90,7 @@ impl LabAction {
     pub fn name(self) -> &'static str {
         match self {
             LabAction::Plan => "plan",
-            LabAction::Up => "up",
+            LabAction::Up { .. } => "up",
             LabAction::Status { .. } => "status",
             LabAction::Verify => "verify",
             LabAction::Down { .. } => "down",

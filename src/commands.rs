@@ -113,6 +113,7 @@ impl App<'_> {
             printer: self.printer,
             ownership,
             secrets_dir: self.lab_dir(lab),
+            force: matches!(action, LabAction::Up { force_conflicts: true }),
         };
         let tally = Mutex::new(Tally::default());
 
@@ -128,7 +129,7 @@ impl App<'_> {
                 code
             }),
             LabAction::Verify => run.verify(&tally).await.map(|_| 0),
-            LabAction::Up => self.mutating(lab, action, |store| run.up(store, &tally)).await,
+            LabAction::Up { .. } => self.mutating(lab, action, |store| run.up(store, &tally)).await,
             LabAction::Down { sweep } => {
                 if !self.confirm(&format!("Remove everything lab {lab} made for owner {}?", self.settings.owner)) {
                     return Err(Error::usage("cancelled: nothing was removed", "pass --yes to skip the question"));

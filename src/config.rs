@@ -21,6 +21,9 @@ pub struct Profile {
     /// Where the AWS API is: a real account (credential chain, profile, region) or an emulator.
     #[serde(default)]
     pub aws: AwsSettings,
+    /// Which Kubernetes cluster: kubeconfig file and context, as with kubectl.
+    #[serde(default)]
+    pub kube: KubeSettings,
     /// Lab parameters for this profile: `params: { td4: { port: 8081 } }`.
     #[serde(default)]
     pub params: IndexMap<String, IndexMap<String, Value>>,
@@ -38,6 +41,15 @@ pub struct AwsSettings {
     /// An emulator (LocalStack): test credentials, and `verify` never connects to instances.
     #[serde(default)]
     pub emulator: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeSettings {
+    /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
+    pub kubeconfig: Option<PathBuf>,
+    /// Context in it (default: its current-context), like `kubectl --context`.
+    pub context: Option<String>,
 }
 
 impl Profile {

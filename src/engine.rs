@@ -44,6 +44,7 @@ pub struct Run<'a> {
     pub printer: &'a Printer,
     pub ownership: Ownership,
     pub secrets_dir: std::path::PathBuf,
+    pub force: bool,
 }
 
 type StepFuture<'f> = LocalBoxFuture<'f, (String, Result<Outputs>)>;
@@ -56,7 +57,14 @@ impl<'a> Run<'a> {
     }
 
     fn ctx<'c>(&'c self, step: &'c str, activity: Option<&'c crate::printer::Activity<'c>>) -> StepCtx<'c> {
-        StepCtx { step, ownership: &self.ownership, source: self.source, secrets_dir: &self.secrets_dir, activity }
+        StepCtx {
+            step,
+            ownership: &self.ownership,
+            source: self.source,
+            secrets_dir: &self.secrets_dir,
+            force: self.force,
+            activity,
+        }
     }
 
     fn render(&self, step: &str, outputs: &HashMap<String, Outputs>) -> Result<Rendered> {
@@ -571,6 +579,7 @@ steps:
                 printer: &self.printer,
                 ownership,
                 secrets_dir: self.dir.path().to_path_buf(),
+                force: false,
             }
         }
 

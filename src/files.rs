@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 static EMBEDDED_LABS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/labs");
 static EMBEDDED_APPS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/apps");
 static EMBEDDED_USERDATA: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/userdata");
+static EMBEDDED_MANIFESTS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/manifests");
 
 /// Top-level folders of the repository that ship inside the binary.
 fn embedded_root(name: &str) -> Option<&'static Dir<'static>> {
@@ -17,6 +18,7 @@ fn embedded_root(name: &str) -> Option<&'static Dir<'static>> {
         "labs" => Some(&EMBEDDED_LABS),
         "apps" => Some(&EMBEDDED_APPS),
         "userdata" => Some(&EMBEDDED_USERDATA),
+        "manifests" => Some(&EMBEDDED_MANIFESTS),
         _ => None,
     }
 }

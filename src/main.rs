@@ -29,6 +29,8 @@ use crate::error::Error;
 use crate::printer::{Printer, Verbosity};
 
 fn main() {
+    // Two TLS stacks meet here (aws-sdk and kube-rs); both use aws-lc-rs as rustls' provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let code = runtime.block_on(run(std::env::args_os().collect()));
     std::process::exit(code);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::spec::CheckSpec;
@@ -24,15 +24,23 @@ pub async fn get(url: &str, timeout: Duration) -> Result<Response, String> {
     };
     let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
     let exchange = async {
-        let mut stream = TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        let request =
-            format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: labctl\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
-        parse(&raw)
+        let stream = TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        exchange(stream, authority, path).await
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| format!("no answer from {addr} within {timeout:?}"))?
+}
+
+/// One GET over an already-open stream (a TCP connection, a Kubernetes port-forward).
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    path: &str,
+) -> Result<Response, String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: labctl\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
+    parse(&raw)
 }
 
 fn parse(raw: &[u8]) -> Result<Response, String> {

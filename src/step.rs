@@ -77,6 +77,8 @@ pub struct StepCtx<'a> {
     pub source: &'a SpecSource,
     /// This (profile, owner, lab)'s private folder (0700): where generated secrets go.
     pub secrets_dir: &'a std::path::Path,
+    /// `up --force-conflicts`: take ownership of fields another manager holds.
+    pub force: bool,
     pub activity: Option<&'a Activity<'a>>,
 }
 

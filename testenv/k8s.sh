@@ -233,7 +233,7 @@ CNI
     --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster labctl=http://127.0.0.1:2380
-  wait_for etcd 80 curl -sf -m 1 http://127.0.0.1:2379/health
+  wait_for etcd 80 curl -sf -m 1 -o /dev/null http://127.0.0.1:2379/health
 
   start_bg kube-apiserver "$bin/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
     --bind-address=127.0.0.1 --secure-port=6443 --advertise-address="$NODE_IP" \

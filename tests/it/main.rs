@@ -4,6 +4,9 @@
 
 mod aws;
 mod cli;
+mod k8s;
 mod support;
 mod td1;
 mod td4;
+mod td6;
+mod workflow;

@@ -26,6 +26,7 @@ pub struct Student {
     pub labs_dir: Option<PathBuf>,
     /// Options every run of this student gets (profile, params).
     pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -40,6 +41,7 @@ impl Student {
             state: tempfile::tempdir().unwrap(),
             labs_dir: None,
             args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 
@@ -62,9 +64,20 @@ impl Student {
         s
     }
 
+    /// A TD6 user on the local test cluster (testenv/k8s.sh), building from the local base image.
+    pub fn td6(tag: &str) -> Student {
+        let mut s = Student::new_for("td6", tag);
+        s.args = vec!["--param".into(), format!("base_image={}", base_image())];
+        s.envs = vec![("KUBECONFIG".into(), kubeconfig())];
+        s
+    }
+
     /// `labctl` with this student's owner, state dir and options.
     pub fn labctl(&self) -> Labctl {
         let mut l = Labctl::new().args(["--owner", &self.owner, "--state-dir"]).arg(self.state.path()).args(&self.args);
+        for (k, v) in &self.envs {
+            l = l.env(k, v);
+        }
         if let Some(dir) = &self.labs_dir {
             l = l.arg("--labs-dir").arg(dir);
         }
@@ -81,6 +94,11 @@ impl Drop for Student {
     fn drop(&mut self) {
         let _ = self.labctl().args([self.lab, "down", "--sweep", "--yes"]).output();
     }
+}
+
+/// The test cluster's kubeconfig (written by testenv/k8s.sh).
+pub fn kubeconfig() -> String {
+    std::env::var("LABCTL_TEST_KUBECONFIG").unwrap_or_else(|_| "/var/lib/labctl-k8s/kubeconfig".into())
 }
 
 pub fn free_port() -> u16 {
@@ -321,6 +339,16 @@ pub fn stop_container(name: &str) {
 pub fn unix_now() -> String {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// A labs dir with a copy of a built-in spec, edited.
+pub fn custom_spec(student: &mut Student, lab: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+    let labs = student.state.path().join("custom-labs");
+    std::fs::create_dir_all(&labs).unwrap();
+    let spec = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("labs/{lab}.yaml"))).unwrap();
+    std::fs::write(labs.join(format!("{lab}.yaml")), edit(&spec)).unwrap();
+    student.labs_dir = Some(labs.clone());
+    labs
 }
 
 /// A copy of the sample app and a labs dir whose td4.yaml builds it: for tests that need to

@@ -1,0 +1,680 @@
+//! `k8s-apply`: server-side apply (field manager `labctl`) of every manifest in a folder, in a
+//! namespace per owner; prune of this step's objects that left the manifests; a strict rollout
+//! wait with the reason when it fails; verification through the cluster (a port-forward to a
+//! ready pod behind each Service); delete that waits until everything is gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::kube::{KubeBackend, api_error};
+use crate::catalog::typed_config;
+use crate::error::{Error, Result};
+use crate::probe;
+use crate::step::{
+    Action, CheckResult, Diagnosis, LABEL_INPUT, LABEL_MANAGED, LABEL_RUN, Observation, Outputs, Ownership, StepCtx,
+    StepKind,
+};
+
+pub struct K8sApply {
+    pub kube: Arc<KubeBackend>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Folder of manifests (`*.yaml`, multi-document), relative to the spec.
+    manifests: String,
+    namespace: String,
+    /// Values for `{{ name }}` placeholders in the manifests.
+    #[serde(default)]
+    vars: BTreeMap<String, Value>,
+    /// Seconds the rollout may take.
+    #[serde(default = "default_timeout", skip_serializing)]
+    timeout: u64,
+    /// `verify` fetches this path through each Service and expects this text.
+    #[serde(default, skip_serializing)]
+    check: Option<HttpCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpCheck {
+    #[serde(default = "root")]
+    path: String,
+    body_contains: String,
+}
+
+fn default_timeout() -> u64 {
+    180
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+/// Annotation on a namespace labctl made (only those are deleted by `down`).
+const CREATED_NS: &str = "labctl.io/created-namespace";
+/// Hash of the manifest labctl last applied: a live object that differs while this matches was
+/// changed by someone else (drift); a different hash means the lab itself changed.
+const APPLIED: &str = "labctl.io/applied-hash";
+
+/// Kinds looked at for pruning and deletion, besides those in the manifests.
+const KNOWN_KINDS: [(&str, &str); 8] = [
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+    ("v1", "Service"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "PersistentVolumeClaim"),
+    ("batch/v1", "Job"),
+];
+
+/// One manifest document, ready to apply.
+struct Object {
+    kind: String,
+    name: String,
+    resource: ApiResource,
+    namespaced: bool,
+    body: Value,
+}
+
+impl Object {
+    fn id(&self) -> String {
+        format!("{}/{}", self.kind.to_lowercase(), self.name)
+    }
+}
+
+/// The labels every object and the namespace get: ownership, without the run id and input
+/// hash (they change from run to run and would make every apply a change).
+fn stable_labels(o: &Ownership, step: &str) -> BTreeMap<String, String> {
+    let mut labels = o.labels(step, "");
+    labels.remove(LABEL_RUN);
+    labels.remove(LABEL_INPUT);
+    labels
+}
+
+fn selector(o: &Ownership, step: Option<&str>) -> String {
+    o.selector(step).join(",")
+}
+
+impl K8sApply {
+    fn api(&self, client: &kube::Client, resource: &ApiResource, namespaced: bool, ns: &str) -> Api<DynamicObject> {
+        if namespaced {
+            Api::namespaced_with(client.clone(), ns, resource)
+        } else {
+            Api::all_with(client.clone(), resource)
+        }
+    }
+
+    /// Reads, fills in and parses the manifests; resolves each kind through discovery.
+    async fn objects(&self, ctx: &StepCtx<'_>, config: &Config) -> Result<Vec<Object>> {
+        let tree = ctx.source.resolve_dir(&config.manifests)?;
+        let mut out = Vec::new();
+        for file in tree.files()?.into_iter().filter(|f| f.path.ends_with(".yaml") || f.path.ends_with(".yml")) {
+            let mut text =
+                String::from_utf8(file.contents).map_err(|_| Error::backend(format!("{} is not UTF-8", file.path)))?;
+            for (key, value) in &config.vars {
+                let value = value.as_str().map(String::from).unwrap_or_else(|| value.to_string());
+                if value.chars().any(|c| c.is_control()) {
+                    return Err(Error::usage(
+                        format!("manifest var `{key}` contains a control character"),
+                        "vars are one line each",
+                    ));
+                }
+                text = text.replace(&format!("{{{{ {key} }}}}"), &value);
+            }
+            if let Some(start) = text.find("{{ ") {
+                let end = text[start..].find("}}").map(|e| start + e + 2).unwrap_or(text.len());
+                return Err(Error::usage(
+                    format!("{}: placeholder {} has no value", file.path, &text[start..end]),
+                    "add it under the step's `vars` in the lab spec",
+                ));
+            }
+            for (i, doc) in split_documents(&text).into_iter().enumerate() {
+                let body: Value = serde_saphyr::from_str(&doc).map_err(|e| {
+                    Error::backend(format!(
+                        "{} document {}: {}",
+                        file.path,
+                        i + 1,
+                        e.to_string().lines().next().unwrap_or_default()
+                    ))
+                })?;
+                if body.is_null() {
+                    continue;
+                }
+                let field = |f: &str| body.pointer(f).and_then(Value::as_str).map(String::from);
+                let (Some(api_version), Some(kind), Some(name)) =
+                    (field("/apiVersion"), field("/kind"), field("/metadata/name"))
+                else {
+                    return Err(Error::backend(format!(
+                        "{} document {}: apiVersion, kind and metadata.name are required",
+                        file.path,
+                        i + 1
+                    )));
+                };
+                let (resource, namespaced) = self.kube.resolve(&api_version, &kind).await?;
+                let mut body = body;
+                let meta = body["metadata"].as_object_mut().expect("metadata is an object: it has a name");
+                if namespaced {
+                    meta.insert("namespace".into(), Value::from(config.namespace.clone()));
+                }
+                let labels = meta.entry("labels").or_insert_with(|| json!({}));
+                for (k, v) in stable_labels(ctx.ownership, ctx.step) {
+                    labels[k] = Value::from(v);
+                }
+                let hash = super::input_hash(&[serde_json::to_string(&body).expect("json").as_bytes()]);
+                let annotations =
+                    body["metadata"].as_object_mut().expect("object").entry("annotations").or_insert_with(|| json!({}));
+                annotations[APPLIED] = Value::from(hash);
+                out.push(Object { kind, name, resource, namespaced, body });
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::backend(format!("no manifest in {}", tree.describe())));
+        }
+        Ok(out)
+    }
+
+    async fn namespace(&self, ns: &str) -> Result<Option<Namespace>> {
+        let (client, _) = self.kube.client().await?;
+        Api::<Namespace>::all(client.clone()).get_opt(ns).await.map_err(|e| api_error("reading the namespace", e))
+    }
+
+    /// This owner's objects of the step (or lab) in any namespace, for the known kinds and `extra`.
+    async fn owned(
+        &self,
+        ctx: &StepCtx<'_>,
+        step: Option<&str>,
+        extra: &[(String, String)],
+    ) -> Result<Vec<(ApiResource, DynamicObject)>> {
+        let (client, _) = self.kube.client().await?;
+        let mut kinds: BTreeSet<(String, String)> =
+            KNOWN_KINDS.iter().map(|(a, k)| (a.to_string(), k.to_string())).collect();
+        kinds.extend(extra.iter().cloned());
+        let params = ListParams::default().labels(&selector(ctx.ownership, step));
+        let mut out = Vec::new();
+        for (api_version, kind) in kinds {
+            let Ok((resource, _)) = self.kube.resolve(&api_version, &kind).await else { continue };
+            let list = Api::<DynamicObject>::all_with(client.clone(), &resource)
+                .list(&params)
+                .await
+                .map_err(|e| api_error(&format!("listing {kind}s"), e))?;
+            out.extend(list.items.into_iter().map(|o| (resource.clone(), o)));
+        }
+        Ok(out)
+    }
+
+    async fn apply_one(&self, ctx: &StepCtx<'_>, ns: &str, obj: &Object, dry_run: bool) -> Result<DynamicObject> {
+        let (client, _) = self.kube.client().await?;
+        let mut params = PatchParams::apply("labctl");
+        if ctx.force {
+            params = params.force();
+        }
+        params.dry_run = dry_run;
+        self.api(client, &obj.resource, obj.namespaced, ns)
+            .patch(&obj.name, &params, &Patch::Apply(&obj.body))
+            .await
+            .map_err(|e| api_error(&format!("applying {}", obj.id()), e))
+    }
+
+    /// Pods behind a label selector, with a one-line account of why each is not ready.
+    async fn pod_problems(&self, ns: &str, selector: &str) -> Result<(Vec<String>, bool)> {
+        let (client, _) = self.kube.client().await?;
+        let pods = Api::<Pod>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| api_error("listing pods", e))?;
+        let mut problems = Vec::new();
+        let mut fatal = false;
+        for pod in &pods.items {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let status = pod.status.clone().unwrap_or_default();
+            for c in status.container_statuses.unwrap_or_default() {
+                if let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+                    let reason = waiting.reason.clone().unwrap_or_default();
+                    fatal |= matches!(
+                        reason.as_str(),
+                        "ErrImageNeverPull" | "InvalidImageName" | "CreateContainerConfigError"
+                    );
+                    problems.push(format!("pod {name}: {reason}: {}", waiting.message.clone().unwrap_or_default()));
+                } else if !c.ready {
+                    let event = self.last_event(ns, &name).await.unwrap_or_default();
+                    problems.push(format!(
+                        "pod {name}: container {} not ready (restarts {}) {event}",
+                        c.name, c.restart_count
+                    ));
+                }
+            }
+            for cond in status.conditions.unwrap_or_default() {
+                if cond.type_ == "PodScheduled" && cond.status == "False" {
+                    problems.push(format!("pod {name}: unschedulable: {}", cond.message.unwrap_or_default()));
+                }
+            }
+        }
+        Ok((problems, fatal))
+    }
+
+    async fn last_event(&self, ns: &str, pod: &str) -> Option<String> {
+        let (client, _) = self.kube.client().await.ok()?;
+        let events = Api::<Event>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
+            .await
+            .ok()?;
+        events
+            .items
+            .into_iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .last()
+            .map(|e| format!("— {}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default().trim()))
+    }
+
+    /// The strict rollout check `kubectl rollout status` uses: the controller has seen the
+    /// newest spec and every replica is updated, ready and available.
+    fn rolled_out(d: &Deployment) -> (bool, String) {
+        let generation = d.metadata.generation.unwrap_or(0);
+        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let s = d.status.clone().unwrap_or_default();
+        let (updated, ready, available) =
+            (s.updated_replicas.unwrap_or(0), s.ready_replicas.unwrap_or(0), s.available_replicas.unwrap_or(0));
+        let total = s.replicas.unwrap_or(0);
+        let done = s.observed_generation.unwrap_or(0) >= generation
+            && updated == desired
+            && ready == desired
+            && available == desired
+            && total == desired;
+        (done, format!("{ready}/{desired} ready, {updated} updated, {available} available, {total} total"))
+    }
+}
+
+/// Splits a multi-document YAML stream on `---` lines.
+fn split_documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            docs.push(String::new());
+        } else {
+            let doc = docs.last_mut().expect("never empty");
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.into_iter().filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))).collect()
+}
+
+/// What an apply leaves for the server to decide: dropped before comparing live and desired.
+fn comparable(o: &DynamicObject) -> Value {
+    let mut v = serde_json::to_value(o).expect("objects serialize");
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in ["resourceVersion", "generation", "managedFields", "creationTimestamp", "uid", "selfLink"] {
+            meta.remove(k);
+        }
+        if let Some(ann) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            ann.remove("deployment.kubernetes.io/revision");
+        }
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("status");
+    }
+    v
+}
+
+#[async_trait]
+impl StepKind for K8sApply {
+    fn name(&self) -> &'static str {
+        "k8s-apply"
+    }
+
+    fn validate(&self, config: &Value) -> std::result::Result<(), String> {
+        let c: Config = typed_config(config)?;
+        if !crate::spec::is_name(&c.namespace) && !c.namespace.contains("known after apply") {
+            return Err(format!("field `namespace`: `{}` is not a valid namespace name", c.namespace));
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, ctx: &StepCtx<'_>, desired: &Value, pending: bool) -> Result<Observation> {
+        let config: Config = typed_config(desired).map_err(Error::backend)?;
+        let ns = &config.namespace;
+        let namespace = self.namespace(ns).await?;
+        if let Some(n) = &namespace {
+            let labels = n.metadata.labels.clone().unwrap_or_default();
+            let ours = labels.get(LABEL_MANAGED).is_some() && ctx.ownership.owns(&labels.into_iter().collect());
+            if !ours && n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CREATED_NS)) {
+                return Err(Error::backend(format!(
+                    "namespace {ns} was made by labctl for another owner: labctl will not touch it"
+                )));
+            }
+        }
+        if pending && namespace.is_none() {
+            return Ok(Observation::absent(format!("create namespace {ns} and apply {}", config.manifests)));
+        }
+        let objects = self.objects(ctx, &config).await?;
+        let (client, _) = self.kube.client().await?;
+        let mut changes = Vec::new();
+        let mut drifted = Vec::new();
+        let mut details = vec![("namespace".to_string(), ns.clone())];
+        for obj in &objects {
+            let api = self.api(client, &obj.resource, obj.namespaced, ns);
+            let live = if namespace.is_some() {
+                api.get_opt(&obj.name).await.map_err(|e| api_error("reading", e))?
+            } else {
+                None
+            };
+            let Some(live) = live else {
+                changes.push(format!("create {}", obj.id()));
+                continue;
+            };
+            if !ctx.ownership.owns(&live.metadata.labels.clone().unwrap_or_default().into_iter().collect()) {
+                return Err(Error::Backend {
+                    message: format!(
+                        "{} exists in {ns} and was not applied by labctl for owner `{}`",
+                        obj.id(),
+                        ctx.ownership.owner
+                    ),
+                    detail: None,
+                    hint: Some("labctl will not take it over: delete it, or use another namespace/owner".into()),
+                });
+            }
+            if obj.kind == "Deployment" {
+                let d: Deployment = serde_json::from_value(serde_json::to_value(&live).expect("json"))
+                    .map_err(|e| Error::backend(e.to_string()))?;
+                let (_, rollout) = Self::rolled_out(&d);
+                let revision = live
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+                    .cloned();
+                details.push((obj.id(), format!("{rollout}, revision {}", revision.unwrap_or_default())));
+                let selector = d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
+                let selector = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                let pods = Api::<Pod>::namespaced(client.clone(), ns)
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .map_err(|e| api_error("listing pods", e))?;
+                let restarts: i32 = pods
+                    .items
+                    .iter()
+                    .flat_map(|p| p.status.clone().unwrap_or_default().container_statuses.unwrap_or_default())
+                    .map(|c| c.restart_count)
+                    .sum();
+                details.push(("restarts".into(), restarts.to_string()));
+            }
+            let applied_same = live.metadata.annotations.as_ref().and_then(|a| a.get(APPLIED))
+                == obj
+                    .body
+                    .pointer(&format!("/metadata/annotations/{}", APPLIED.replace('/', "~1")))
+                    .and_then(Value::as_str)
+                    .map(String::from)
+                    .as_ref();
+            match self.apply_one(ctx, ns, obj, true).await {
+                Ok(dry) if comparable(&dry) == comparable(&live) => {}
+                Ok(_) if applied_same => drifted.push(format!("{} (changed behind labctl's back)", obj.id())),
+                Ok(_) => changes.push(format!("update {}", obj.id())),
+                Err(e) if matches!(e.root(), Error::Backend { hint: Some(h), .. } if h.contains("force-conflicts")) => {
+                    drifted.push(format!(
+                        "{} (fields taken by another manager: `up --force-conflicts` takes them back)",
+                        obj.id()
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let desired_ids: BTreeSet<(String, String)> =
+            objects.iter().map(|o| (o.kind.clone(), o.name.clone())).collect();
+        let extra: Vec<(String, String)> =
+            objects.iter().map(|o| (o.resource.api_version.clone(), o.kind.clone())).collect();
+        for (resource, live) in self.owned(ctx, Some(ctx.step), &extra).await? {
+            let id = (resource.kind.clone(), live.metadata.name.clone().unwrap_or_default());
+            if !desired_ids.contains(&id) {
+                changes.push(format!("prune {}/{}", id.0.to_lowercase(), id.1));
+            }
+        }
+        let outputs = Outputs::from_iter([
+            ("namespace".to_string(), Value::from(ns.clone())),
+            ("objects".to_string(), Value::from(objects.iter().map(Object::id).collect::<Vec<_>>().join(", "))),
+        ]);
+        if !drifted.is_empty() {
+            details.push(("drift".into(), drifted.join("; ")));
+        }
+        let (action, reason) = if namespace.is_none() {
+            (Action::Create, format!("create namespace {ns}; {}", changes.join(", ")))
+        } else if changes.is_empty() && drifted.is_empty() {
+            (Action::None, format!("{} objects in {ns} are as applied", objects.len()))
+        } else {
+            let mut all = changes.clone();
+            all.extend(drifted.iter().cloned());
+            (Action::Update, all.join(", "))
+        };
+        let outputs = if namespace.is_some() { outputs } else { Outputs::new() };
+        Ok(Observation { action, reason, outputs, details, drift: !drifted.is_empty() })
+    }
+
+    async fn apply(&self, ctx: &StepCtx<'_>, desired: &Value, _observed: &Observation) -> Result<Outputs> {
+        let config: Config = typed_config(desired).map_err(Error::backend)?;
+        let ns = &config.namespace;
+        let (client, _) = self.kube.client().await?;
+        if self.namespace(ns).await?.is_none() {
+            ctx.log(&format!("creating namespace {ns}"));
+            let mut n = Namespace::default();
+            n.metadata.name = Some(ns.clone());
+            n.metadata.labels = Some(stable_labels(ctx.ownership, ctx.step).into_iter().collect());
+            n.metadata.annotations = Some([(CREATED_NS.to_string(), "true".to_string())].into_iter().collect());
+            Api::<Namespace>::all(client.clone())
+                .create(&PostParams::default(), &n)
+                .await
+                .map_err(|e| api_error("creating the namespace", e))?;
+        }
+        let objects = self.objects(ctx, &config).await?;
+        for obj in &objects {
+            ctx.log(&format!("applying {}", obj.id()));
+            self.apply_one(ctx, ns, obj, false).await?;
+        }
+        let desired_ids: BTreeSet<(String, String)> =
+            objects.iter().map(|o| (o.kind.clone(), o.name.clone())).collect();
+        let extra: Vec<(String, String)> =
+            objects.iter().map(|o| (o.resource.api_version.clone(), o.kind.clone())).collect();
+        for (resource, live) in self.owned(ctx, Some(ctx.step), &extra).await? {
+            let name = live.metadata.name.clone().unwrap_or_default();
+            if !desired_ids.contains(&(resource.kind.clone(), name.clone())) {
+                ctx.log(&format!("pruning {}/{name}", resource.kind.to_lowercase()));
+                let live_ns = live.metadata.namespace.clone().unwrap_or_default();
+                let api = self.api(client, &resource, live.metadata.namespace.is_some(), &live_ns);
+                api.delete(&name, &DeleteParams::default()).await.map_err(|e| api_error("pruning", e))?;
+            }
+        }
+        Ok(Outputs::from_iter([
+            ("namespace".to_string(), Value::from(ns.clone())),
+            ("objects".to_string(), Value::from(objects.iter().map(Object::id).collect::<Vec<_>>().join(", "))),
+        ]))
+    }
+
+    async fn wait(&self, ctx: &StepCtx<'_>, desired: &Value, _outputs: &Outputs) -> Result<()> {
+        let config: Config = typed_config(desired).map_err(Error::backend)?;
+        let (client, _) = self.kube.client().await?;
+        let deadline = Instant::now() + Duration::from_secs(config.timeout);
+        let api = Api::<Deployment>::namespaced(client.clone(), &config.namespace);
+        for obj in self.objects(ctx, &config).await?.iter().filter(|o| o.kind == "Deployment") {
+            loop {
+                let d = api.get(&obj.name).await.map_err(|e| api_error("reading the deployment", e))?;
+                let (done, progress) = Self::rolled_out(&d);
+                if done {
+                    break;
+                }
+                let selector = d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
+                let selector = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                let (problems, fatal) = self.pod_problems(&config.namespace, &selector).await?;
+                if fatal || Instant::now() >= deadline {
+                    let why = if fatal { "cannot start" } else { "did not roll out" };
+                    return Err(Error::Backend {
+                        message: format!("{} {why} within {}s ({progress})", obj.id(), config.timeout),
+                        detail: Some(problems.join("\n")),
+                        hint: Some(
+                            "the lines above say why each pod is not ready (`labctl <lab> status` shows more)".into(),
+                        ),
+                    });
+                }
+                ctx.log(&format!("{}: {progress}", obj.id()));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn verify(&self, ctx: &StepCtx<'_>, desired: &Value, _outputs: &Outputs) -> Result<Vec<CheckResult>> {
+        let config: Config = typed_config(desired).map_err(Error::backend)?;
+        let (client, _) = self.kube.client().await?;
+        let ns = &config.namespace;
+        let mut checks = Vec::new();
+        let objects = self.objects(ctx, &config).await?;
+        for obj in objects.iter().filter(|o| o.kind == "Deployment") {
+            let d = Api::<Deployment>::namespaced(client.clone(), ns)
+                .get_opt(&obj.name)
+                .await
+                .map_err(|e| api_error("reading", e))?;
+            let (ok, detail) = d.as_ref().map(Self::rolled_out).unwrap_or((false, "missing".into()));
+            checks.push(CheckResult { name: format!("{} is rolled out", obj.id()), ok, detail });
+        }
+        let Some(check) = &config.check else { return Ok(checks) };
+        for obj in objects.iter().filter(|o| o.kind == "Service") {
+            let name = format!("GET {} through {} answers {:?}", check.path, obj.id(), check.body_contains);
+            let result = self.through_service(ns, &obj.name, &check.path).await;
+            let (ok, detail) = match result {
+                Ok(r) if r.status == 200 && r.body.contains(&check.body_contains) => {
+                    (true, format!("HTTP {} {}", r.status, r.body.trim()))
+                }
+                Ok(r) => (false, format!("HTTP {} {}", r.status, r.body.trim())),
+                Err(e) => (false, e),
+            };
+            checks.push(CheckResult { name, ok, detail });
+        }
+        Ok(checks)
+    }
+
+    async fn destroy(&self, ctx: &StepCtx<'_>, step: Option<&str>) -> Result<Vec<String>> {
+        let (client, _) = self.kube.client().await?;
+        let mut removed = Vec::new();
+        let owned = self.owned(ctx, step, &[]).await?;
+        for (resource, live) in &owned {
+            let name = live.metadata.name.clone().unwrap_or_default();
+            let ns = live.metadata.namespace.clone().unwrap_or_default();
+            let api = self.api(client, resource, live.metadata.namespace.is_some(), &ns);
+            ctx.log(&format!("deleting {}/{name} in {ns}", resource.kind.to_lowercase()));
+            match api.delete(&name, &DeleteParams::foreground()).await {
+                Ok(_) => removed.push(format!("{}/{name}", resource.kind.to_lowercase())),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(api_error("deleting", e)),
+            }
+        }
+        // Namespaces labctl made for this owner (never one it found).
+        let namespaces = Api::<Namespace>::all(client.clone())
+            .list(&ListParams::default().labels(&selector(ctx.ownership, step)))
+            .await
+            .map_err(|e| api_error("listing namespaces", e))?;
+        for n in namespaces
+            .items
+            .iter()
+            .filter(|n| n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CREATED_NS)))
+        {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            ctx.log(&format!("deleting namespace {name}"));
+            match Api::<Namespace>::all(client.clone()).delete(&name, &DeleteParams::default()).await {
+                Ok(_) => removed.push(format!("namespace/{name}")),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(api_error("deleting the namespace", e)),
+            }
+        }
+        // Wait until everything is really gone; on timeout say what holds it.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let mut left = Vec::new();
+            for (resource, live) in &owned {
+                let name = live.metadata.name.clone().unwrap_or_default();
+                let ns = live.metadata.namespace.clone().unwrap_or_default();
+                let api = self.api(client, resource, live.metadata.namespace.is_some(), &ns);
+                if let Some(o) = api.get_opt(&name).await.map_err(|e| api_error("reading", e))? {
+                    let finalizers = o.metadata.finalizers.unwrap_or_default();
+                    left.push(format!(
+                        "{}/{name} (finalizers: {})",
+                        resource.kind.to_lowercase(),
+                        finalizers.join(", ")
+                    ));
+                }
+            }
+            for n in &namespaces.items {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                if let Some(live) =
+                    Api::<Namespace>::all(client.clone()).get_opt(&name).await.map_err(|e| api_error("reading", e))?
+                {
+                    let phase = live.status.and_then(|s| s.phase).unwrap_or_default();
+                    if n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CREATED_NS)) {
+                        left.push(format!("namespace/{name} ({phase})"));
+                    }
+                }
+            }
+            if left.is_empty() {
+                return Ok(removed);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Backend {
+                    message: "objects still exist 180s after deletion".into(),
+                    detail: Some(left.join("\n")),
+                    hint: Some("a finalizer holds them: see `kubectl get -o yaml` on each".into()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn diagnose(&self) -> Vec<Diagnosis> {
+        vec![self.kube.diagnose().await]
+    }
+}
+
+impl K8sApply {
+    /// GET through the cluster: a port-forward (via the API server) to a ready pod behind the
+    /// Service, on the Service's target port.
+    async fn through_service(
+        &self,
+        ns: &str,
+        service: &str,
+        path: &str,
+    ) -> std::result::Result<probe::Response, String> {
+        let (client, _) = self.kube.client().await.map_err(|e| e.to_string())?;
+        let svc = Api::<Service>::namespaced(client.clone(), ns).get(service).await.map_err(|e| e.to_string())?;
+        let spec = svc.spec.unwrap_or_default();
+        let selector =
+            spec.selector.unwrap_or_default().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let port = spec.ports.unwrap_or_default().first().and_then(|p| p.target_port.clone());
+        let port = match port {
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => p as u16,
+            _ => return Err("the service has no numeric targetPort".into()),
+        };
+        let pods = Api::<Pod>::namespaced(client.clone(), ns);
+        let list = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
+        let ready = list.items.into_iter().find(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        let pod = ready.and_then(|p| p.metadata.name).ok_or("no ready pod behind the service")?;
+        let mut forward = pods.portforward(&pod, &[port]).await.map_err(|e| format!("port-forward to {pod}: {e}"))?;
+        let stream = forward.take_stream(port).ok_or("port-forward gave no stream")?;
+        let response = tokio::time::timeout(Duration::from_secs(10), probe::exchange(stream, "localhost", path))
+            .await
+            .map_err(|_| "no answer through the port-forward within 10s".to_string())?;
+        drop(forward);
+        response
+    }
+}

@@ -1,0 +1,99 @@
+//! TD6 end to end on the real local cluster (testenv/k8s.sh): real pods on the Docker engine.
+
+use std::time::{Duration, Instant};
+
+use crate::k8s::*;
+use crate::support::*;
+
+const DEPLOYMENT: &str = "sample-app-deployment";
+
+fn ready_pods(ns: &str) -> Vec<(String, String, bool, String)> {
+    pods(ns).into_iter().filter(|p| p.1 == "Running" && p.2).collect()
+}
+
+#[test]
+fn up_rolls_out_updates_detects_drift_and_down_removes_everything() {
+    let s = Student::td6("life");
+    let ns = format!("td6-{}", s.owner);
+
+    s.labctl().args(["td6", "plan"]).run().code(2);
+    assert!(!namespace_exists(&ns), "plan made nothing");
+
+    let up = s.labctl().args(["--json", "td6", "up"]).run().success();
+    assert_eq!(up.summary()["checks_failed"].as_u64(), Some(0));
+    let running = ready_pods(&ns);
+    assert_eq!(running.len(), 3, "{:?}", pods(&ns));
+    // Through the cluster, by the test itself: the Service's NodePort on 127.0.0.1.
+    let port = node_port(&ns, "sample-app-loadbalancer");
+    assert_eq!(http_get(&format!("http://127.0.0.1:{port}/")), Some((200, "Hello, World!".into())));
+
+    let again = s.labctl().args(["--json", "td6", "up"]).run().success();
+    assert_eq!(again.summary()["changed"].as_u64(), Some(0), "{}", again.stdout);
+
+    // A new tag: a new image and a real rolling update, waited for.
+    s.labctl().args(["-q", "-p", "tag=v7", "td6", "up"]).run().success();
+    let after = ready_pods(&ns);
+    assert_eq!(after.len(), 3, "{:?}", pods(&ns));
+    assert!(after.iter().all(|p| p.3.ends_with(":v7")), "every ready pod runs v7 when up returns: {after:?}");
+    assert!(pods(&ns).iter().all(|p| p.3.ends_with(":v7")), "no old pod left");
+    // A changed replica count.
+    s.labctl().args(["-q", "-p", "tag=v7", "-p", "replicas=2", "td6", "up"]).run().success();
+    assert_eq!(replicas(&ns, DEPLOYMENT), (2, 2));
+
+    // `kubectl scale` behind labctl's back: drift, a conflict for a plain up, fixed by --force-conflicts.
+    scale(&ns, DEPLOYMENT, 4);
+    s.labctl()
+        .args(["-p", "tag=v7", "-p", "replicas=2", "td6", "status", "--exit-code"])
+        .run()
+        .code(2)
+        .stdout_has("drift");
+    s.labctl().args(["-p", "tag=v7", "-p", "replicas=2", "td6", "up"]).run().code(1).stderr_has("--force-conflicts");
+    s.labctl().args(["-q", "-p", "tag=v7", "-p", "replicas=2", "td6", "up", "--force-conflicts"]).run().success();
+    assert_eq!(replicas(&ns, DEPLOYMENT), (2, 2));
+
+    s.labctl().args(["td6", "down"]).run().success();
+    assert!(objects_of(&s.owner).is_empty(), "{:?}", objects_of(&s.owner));
+    assert!(!namespace_exists(&ns), "labctl made the namespace, so it removed it");
+    assert!(pods(&ns).is_empty());
+    let again = s.labctl().args(["--json", "td6", "down"]).run().success();
+    assert_eq!(again.summary()["changed"].as_u64(), Some(0));
+}
+
+#[test]
+fn a_missing_image_fails_with_the_reason_and_down_still_cleans() {
+    let mut s = Student::td6("noimage");
+    custom_spec(&mut s, "td6", |spec| {
+        spec.replace("image: \"{{ steps.image.tag }}\"", "image: \"labctl/nobody/missing:v0\"")
+    });
+    let started = Instant::now();
+    s.labctl().args(["-p", "timeout=60", "td6", "up"]).run().code(1).stderr_has("ErrImageNeverPull");
+    assert!(started.elapsed() < Duration::from_secs(120), "failed within its timeout");
+    s.labctl().args(["-q", "td6", "down"]).run().success();
+    assert!(objects_of(&s.owner).is_empty());
+}
+
+#[test]
+fn two_owners_two_namespaces() {
+    let alice = Student::td6("alice");
+    let bob = Student::td6("bob");
+    alice.labctl().args(["-q", "-p", "replicas=1", "td6", "up"]).run().success();
+    bob.labctl().args(["-q", "-p", "replicas=1", "td6", "up"]).run().success();
+    alice.labctl().args(["-q", "td6", "down"]).run().success();
+    assert!(objects_of(&alice.owner).is_empty());
+    assert_eq!(ready_pods(&format!("td6-{}", bob.owner)).len(), 1);
+    bob.labctl().args(["-p", "replicas=1", "td6", "verify"]).run().success();
+}
+
+#[test]
+fn kill_during_the_rollout_wait_then_up_converges() {
+    let s = Student::td6("kill");
+    let ns = format!("td6-{}", s.owner);
+    let child = s.labctl().args(["td6", "up"]).spawn();
+    kill_once(child, Duration::from_secs(300), "the deployment exists", || {
+        objects_of(&s.owner).iter().any(|o| o.starts_with("deployment/"))
+    });
+    s.labctl().args(["-q", "td6", "up"]).run().success();
+    assert_eq!(ready_pods(&ns).len(), 3);
+    s.labctl().args(["-q", "td6", "down"]).run().success();
+    assert!(objects_of(&s.owner).is_empty() && !namespace_exists(&ns));
+}
