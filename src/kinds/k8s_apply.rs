@@ -515,9 +515,13 @@ impl StepKind for K8sApply {
                 let selector = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
                 let (problems, fatal) = self.pod_problems(&config.namespace, &selector).await?;
                 if fatal || Instant::now() >= deadline {
-                    let why = if fatal { "cannot start" } else { "did not roll out" };
+                    let why = if fatal {
+                        "cannot start: its pods fail in a way waiting will not fix".to_string()
+                    } else {
+                        format!("did not roll out within {}s", config.timeout)
+                    };
                     return Err(Error::Backend {
-                        message: format!("{} {why} within {}s ({progress})", obj.id(), config.timeout),
+                        message: format!("{} {why} ({progress})", obj.id()),
                         detail: Some(problems.join("\n")),
                         hint: Some(
                             "the lines above say why each pod is not ready (`labctl <lab> status` shows more)".into(),
@@ -661,15 +665,37 @@ impl K8sApply {
             _ => return Err("the service has no numeric targetPort".into()),
         };
         let pods = Api::<Pod>::namespaced(client.clone(), ns);
-        let list = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
-        let ready = list.items.into_iter().find(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        });
-        let pod = ready.and_then(|p| p.metadata.name).ok_or("no ready pod behind the service")?;
-        let mut forward = pods.portforward(&pod, &[port]).await.map_err(|e| format!("port-forward to {pod}: {e}"))?;
+        // Right after a rollout, old pods are still terminating (and may still say Ready):
+        // only a ready pod that is not being deleted counts; a few tries ride out the churn.
+        let mut last = String::from("no ready pod behind the service");
+        for _ in 0..5 {
+            let list = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
+            let ready = list.items.into_iter().find(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            });
+            if let Some(pod) = ready.and_then(|p| p.metadata.name) {
+                match self.forward_get(&pods, &pod, port, path).await {
+                    Ok(r) => return Ok(r),
+                    Err(e) => last = e,
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(last)
+    }
+
+    async fn forward_get(
+        &self,
+        pods: &Api<Pod>,
+        pod: &str,
+        port: u16,
+        path: &str,
+    ) -> std::result::Result<probe::Response, String> {
+        let mut forward = pods.portforward(pod, &[port]).await.map_err(|e| format!("port-forward to {pod}: {e}"))?;
         let stream = forward.take_stream(port).ok_or("port-forward gave no stream")?;
         let response = tokio::time::timeout(Duration::from_secs(10), probe::exchange(stream, "localhost", path))
             .await

@@ -43,7 +43,7 @@ pub fn namespace_exists(ns: &str) -> bool {
     kube(async |c| Api::<Namespace>::all(c).get_opt(ns).await.unwrap().is_some())
 }
 
-/// (pod name, phase, ready, image) of the pods in a namespace.
+/// (pod name, phase, ready, image) of the pods in a namespace that are not being deleted.
 pub fn pods(ns: &str) -> Vec<(String, String, bool, String)> {
     kube(async |c| {
         Api::<Pod>::namespaced(c, ns)
@@ -51,6 +51,7 @@ pub fn pods(ns: &str) -> Vec<(String, String, bool, String)> {
             .await
             .unwrap()
             .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
             .map(|p| {
                 let status = p.status.unwrap_or_default();
                 let ready =
@@ -81,6 +82,21 @@ pub fn scale(ns: &str, deployment: &str, replicas: i32) {
         let patch = serde_json::json!({ "spec": { "replicas": replicas } });
         Api::<Deployment>::namespaced(c, ns)
             .patch_scale(deployment, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    })
+}
+
+/// What `kubectl apply --server-side --force-conflicts` by someone else does: another field
+/// manager takes ownership of spec.replicas.
+pub fn apply_replicas_as(manager: &str, ns: &str, deployment: &str, replicas: i32) {
+    kube(async |c| {
+        let patch = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": deployment }, "spec": { "replicas": replicas }
+        });
+        Api::<Deployment>::namespaced(c, ns)
+            .patch(deployment, &PatchParams::apply(manager).force(), &Patch::Apply(&patch))
             .await
             .unwrap();
     })

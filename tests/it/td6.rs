@@ -35,21 +35,29 @@ fn up_rolls_out_updates_detects_drift_and_down_removes_everything() {
     let after = ready_pods(&ns);
     assert_eq!(after.len(), 3, "{:?}", pods(&ns));
     assert!(after.iter().all(|p| p.3.ends_with(":v7")), "every ready pod runs v7 when up returns: {after:?}");
-    assert!(pods(&ns).iter().all(|p| p.3.ends_with(":v7")), "no old pod left");
+    assert!(pods(&ns).iter().all(|p| p.3.ends_with(":v7")), "no old pod left but those terminating");
     // A changed replica count.
     s.labctl().args(["-q", "-p", "tag=v7", "-p", "replicas=2", "td6", "up"]).run().success();
     assert_eq!(replicas(&ns, DEPLOYMENT), (2, 2));
 
-    // `kubectl scale` behind labctl's back: drift, a conflict for a plain up, fixed by --force-conflicts.
+    // `kubectl scale` behind labctl's back: drift in status, put back by up.
+    let td6 = |extra: &[&str]| {
+        let mut args = vec!["-p", "tag=v7", "-p", "replicas=2", "td6"];
+        args.extend_from_slice(extra);
+        s.labctl().args(args)
+    };
     scale(&ns, DEPLOYMENT, 4);
-    s.labctl()
-        .args(["-p", "tag=v7", "-p", "replicas=2", "td6", "status", "--exit-code"])
-        .run()
-        .code(2)
-        .stdout_has("drift");
-    s.labctl().args(["-p", "tag=v7", "-p", "replicas=2", "td6", "up"]).run().code(1).stderr_has("--force-conflicts");
-    s.labctl().args(["-q", "-p", "tag=v7", "-p", "replicas=2", "td6", "up", "--force-conflicts"]).run().success();
+    td6(&["status", "--exit-code"]).run().code(2).stdout_has("drift");
+    td6(&["up"]).run().success();
     assert_eq!(replicas(&ns, DEPLOYMENT), (2, 2));
+    // Another field manager takes spec.replicas with server-side apply: a conflict that plain
+    // `up` reports, and `up --force-conflicts` resolves.
+    apply_replicas_as("someone-else", &ns, DEPLOYMENT, 4);
+    td6(&["status", "--exit-code"]).run().code(2).stdout_has("another manager");
+    td6(&["up"]).run().code(1).stderr_has("--force-conflicts");
+    td6(&["-q", "up", "--force-conflicts"]).run().success();
+    assert_eq!(replicas(&ns, DEPLOYMENT), (2, 2));
+    td6(&["status", "--exit-code"]).run().success();
 
     s.labctl().args(["td6", "down"]).run().success();
     assert!(objects_of(&s.owner).is_empty(), "{:?}", objects_of(&s.owner));
