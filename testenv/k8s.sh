@@ -294,14 +294,15 @@ down() {
   [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
   if [ -x "$(bin_dir 2>/dev/null)/kube-proxy" ]; then "$(bin_dir)/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
   for table in filter nat mangle; do
-    iptables-save -t "$table" 2>/dev/null | grep -E '^-A (KUBE-|CNI-)|-j (KUBE-|CNI-)' | sed 's/^-A/-D/' \
+    # (grep finds nothing on a clean machine: not an error)
+    { iptables-save -t "$table" 2>/dev/null | grep -E '^-A (KUBE-|CNI-)|-j (KUBE-|CNI-)' | sed 's/^-A/-D/' || true; } \
       | while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null || true; done
     for chain in $(iptables-save -t "$table" 2>/dev/null | awk '/^:(KUBE-|CNI-)/ {print substr($1,2)}'); do
       iptables -t "$table" -F "$chain" 2>/dev/null || true
       iptables -t "$table" -X "$chain" 2>/dev/null || true
     done
   done
-  grep -o " $K8S_HOME/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $K8S_HOME/[^ ]*" /proc/mounts 2>/dev/null || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   stop_pid kube-scheduler
   stop_pid kube-controller-manager
   stop_pid kube-apiserver
