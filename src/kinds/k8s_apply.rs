@@ -505,6 +505,7 @@ impl StepKind for K8sApply {
         let deadline = Instant::now() + Duration::from_secs(config.timeout);
         let api = Api::<Deployment>::namespaced(client.clone(), &config.namespace);
         for obj in self.objects(ctx, &config).await?.iter().filter(|o| o.kind == "Deployment") {
+            let mut last_progress: Option<String> = None;
             loop {
                 let d = api.get(&obj.name).await.map_err(|e| api_error("reading the deployment", e))?;
                 let (done, progress) = Self::rolled_out(&d);
@@ -528,8 +529,11 @@ impl StepKind for K8sApply {
                         ),
                     });
                 }
-                ctx.log(&format!("{}: {progress}", obj.id()));
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if last_progress.as_deref() != Some(progress.as_str()) {
+                    ctx.log(&format!("{}: {progress}", obj.id()));
+                    last_progress = Some(progress);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
         Ok(())
@@ -574,7 +578,9 @@ impl StepKind for K8sApply {
             let ns = live.metadata.namespace.clone().unwrap_or_default();
             let api = self.api(client, resource, live.metadata.namespace.is_some(), &ns);
             ctx.log(&format!("deleting {}/{name} in {ns}", resource.kind.to_lowercase()));
-            match api.delete(&name, &DeleteParams::foreground()).await {
+            // Background propagation (as kubectl): the garbage collector removes the pods; the
+            // wait below covers the objects and the namespace.
+            match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => removed.push(format!("{}/{name}", resource.kind.to_lowercase())),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(api_error("deleting", e)),
@@ -636,7 +642,7 @@ impl StepKind for K8sApply {
                     hint: Some("a finalizer holds them: see `kubectl get -o yaml` on each".into()),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
