@@ -8,6 +8,8 @@
 # Medians over ROUNDS rounds (default 3). Writes bench/RESULTS-td1.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/labctl/target}
 ROUNDS=${ROUNDS:-3}
 ENDPOINT=http://127.0.0.1:4566
@@ -71,9 +73,6 @@ else
   echo "terraform/tofu or its offline provider mirror is missing: the terraform column is skipped" >&2
 fi
 
-t() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", e - s }'; }
-declare -A samples
-add() { samples[$1]="${samples[$1]:-} $2"; }
 for i in $(seq 1 "$ROUNDS"); do
   add labctl_up "$(t labctl td1 up)"
   add labctl_noop "$(t labctl td1 up)"
@@ -88,9 +87,6 @@ for i in $(seq 1 "$ROUNDS"); do
   echo "round $i/$ROUNDS done" >&2
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
-m() { echo "${samples[$1]:-}" | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 LU=$(m labctl_up) LN=$(m labctl_noop) LD=$(m labctl_down) CU=$(m cli_up) CD=$(m cli_down)
 out=bench/RESULTS-td1.md
 {

@@ -9,6 +9,8 @@
 #   bench/td4.sh            (after testenv/up.sh; builds labctl if needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/labctl/target}
 ROUNDS=${ROUNDS:-5}
 BASE=${BASE_IMAGE:-labctl-test/node:20-bookworm}
@@ -38,10 +40,7 @@ manual_down() {
 }
 
 # Seconds taken by a command.
-t() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", e - s }'; }
 
-declare -A samples
-add() { samples[$1]="${samples[$1]:-} $2"; }
 
 # Warm the layer cache once (npm ci runs here) and pin it with a tagged anchor image, so that
 # neither side's clean-up prunes the layers the other reuses: every round compares warm builds.
@@ -59,9 +58,6 @@ for i in $(seq 1 "$ROUNDS"); do
   echo "round $i/$ROUNDS done" >&2
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
-m() { echo "${samples[$1]}" | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 LF=$(m labctl_fresh_up) MF=$(m manual_fresh_up) LN=$(m labctl_noop_up) MN=$(m manual_rerun) LD=$(m labctl_down) MD=$(m manual_down)
 out=bench/RESULTS-td4.md

@@ -7,6 +7,8 @@
 # Writes bench/RESULTS-td6.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/labctl/target}
 export KUBECONFIG=${KUBECONFIG:-/var/lib/labctl-k8s/kubeconfig}
 ROUNDS=${ROUNDS:-3}
@@ -55,9 +57,6 @@ open(sys.argv[1], "w").write(spec.replace("MANIFESTS", __import__("os").path.abs
 PY
 labctl_app() { "$LABCTL" -q --yes --owner bench2 --state-dir "$WORK/state2" --labs-dir "$WORK/labs" td6 "$@"; }
 
-t() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", e - s }'; }
-declare -A samples
-add() { samples[$1]="${samples[$1]:-} $2"; }
 for i in $(seq 1 "$ROUNDS"); do
   add labctl_up "$(t labctl_app up)"
   add labctl_noop "$(t labctl_app up)"
@@ -69,9 +68,6 @@ for i in $(seq 1 "$ROUNDS"); do
 done
 labctl td6 down >/dev/null
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
-m() { echo "${samples[$1]:-}" | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 LU=$(m labctl_up) LN=$(m labctl_noop) LD=$(m labctl_down) KU=$(m kubectl_up) KN=$(m kubectl_noop) KD=$(m kubectl_down)
 out=bench/RESULTS-td6.md
 {

@@ -50,6 +50,9 @@ pub struct KubeSettings {
     pub kubeconfig: Option<PathBuf>,
     /// Context in it (default: its current-context), like `kubectl --context`.
     pub context: Option<String>,
+    /// A kind cluster whose nodes get the locally built images before each apply (what
+    /// `kind load docker-image` does); unset where the node uses the local Docker engine.
+    pub kind_cluster: Option<String>,
 }
 
 impl Profile {

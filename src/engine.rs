@@ -67,14 +67,19 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn render(&self, step: &str, outputs: &HashMap<String, Outputs>) -> Result<Rendered> {
-        let scope = Scope {
+    /// What the lab's templates see, with the outputs known so far.
+    fn scope<'s>(&'s self, outputs: &'s HashMap<String, Outputs>) -> Scope<'s> {
+        Scope {
             lab: &self.spec.name,
             owner: &self.ownership.owner,
             profile: &self.ownership.profile,
             params: &self.spec.params,
             outputs,
-        };
+        }
+    }
+
+    fn render(&self, step: &str, outputs: &HashMap<String, Outputs>) -> Result<Rendered> {
+        let scope = self.scope(outputs);
         scope.render(&self.spec.steps[step].config).map_err(|m| Error::backend(m).in_step(step))
     }
 
@@ -339,13 +344,7 @@ impl<'a> Run<'a> {
                 self.report_check(tally, check);
             }
         }
-        let scope = Scope {
-            lab: &self.spec.name,
-            owner: &self.ownership.owner,
-            profile: &self.ownership.profile,
-            params: &self.spec.params,
-            outputs,
-        };
+        let scope = self.scope(outputs);
         let checks = self.spec.verify.iter().map(|check| async {
             match scope.render_str(&check.http.url) {
                 Ok(url) if !url.pending => probe::run_check(check, url.value.as_str().unwrap_or_default()).await,
@@ -378,13 +377,7 @@ impl<'a> Run<'a> {
     }
 
     fn print_outputs(&self, outputs: &HashMap<String, Outputs>) {
-        let scope = Scope {
-            lab: &self.spec.name,
-            owner: &self.ownership.owner,
-            profile: &self.ownership.profile,
-            params: &self.spec.params,
-            outputs,
-        };
+        let scope = self.scope(outputs);
         let mut shown = Map::new();
         for (name, template) in &self.spec.outputs {
             if let Some(r) = scope.render_str(template).ok().filter(|r| !r.pending) {

@@ -393,6 +393,31 @@ impl Scope<'_> {
     }
 }
 
+/// Fills `{{ name }}` placeholders of a file a step ships (a user-data script, manifests) from
+/// the step's `vars`. Each value must be one printable line, and every placeholder must be
+/// filled: what reaches the backend is exactly what was asked for. `file` names it in errors.
+pub fn fill_placeholders(text: &str, vars: &std::collections::BTreeMap<String, Value>, file: &str) -> Result<String> {
+    let mut out = text.to_string();
+    for (key, value) in vars {
+        let value = value.as_str().map(String::from).unwrap_or_else(|| value.to_string());
+        if value.chars().any(|c| c.is_control()) {
+            return Err(Error::usage(
+                format!("value `{key}` for {file} contains a line break or control character"),
+                "values filled into files must be a single printable line",
+            ));
+        }
+        out = out.replace(&format!("{{{{ {key} }}}}"), &value);
+    }
+    if let Some(start) = out.find("{{ ") {
+        let end = out[start..].find("}}").map(|e| start + e + 2).unwrap_or(out.len());
+        return Err(Error::usage(
+            format!("{file}: placeholder {} has no value", &out[start..end]),
+            "add it under the step's `vars` in the lab spec",
+        ));
+    }
+    Ok(out)
+}
+
 fn keys(m: &Map<String, Value>) -> String {
     m.keys().cloned().collect::<Vec<_>>().join(", ")
 }
@@ -464,6 +489,20 @@ verify:
         let bad = SPEC.replace("after: [image]", "after: [nope]");
         let err = LabSpec::parse("demo.yaml", &bad).unwrap_err().to_string();
         assert!(err.contains(":15:") && err.contains("unknown step `nope`"), "{err}");
+    }
+
+    #[test]
+    fn placeholders_are_filled_checked_and_all_required() {
+        let vars = std::collections::BTreeMap::from([
+            ("port".to_string(), Value::from(80)),
+            ("message".to_string(), Value::from("Hello, World!")),
+        ]);
+        assert_eq!(fill_placeholders("P={{ port }} M={{ message }}", &vars, "f").unwrap(), "P=80 M=Hello, World!");
+        assert!(
+            fill_placeholders("{{ other }}", &vars, "f").unwrap_err().to_string().contains("{{ other }} has no value")
+        );
+        let bad = std::collections::BTreeMap::from([("m".to_string(), Value::from("a\nrm -rf /"))]);
+        assert!(fill_placeholders("{{ m }}", &bad, "f").is_err());
     }
 
     #[test]

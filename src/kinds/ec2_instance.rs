@@ -79,24 +79,8 @@ impl Config {
     /// placeholder must be filled: what reaches the instance is exactly what was asked for.
     fn user_data(&self, ctx: &StepCtx<'_>) -> Result<Option<String>> {
         let Some(ud) = &self.user_data else { return Ok(None) };
-        let mut script = ctx.source.read_file(&ud.template)?;
-        for (key, value) in &ud.vars {
-            let text = value.as_str().map(String::from).unwrap_or_else(|| value.to_string());
-            if text.chars().any(|c| c.is_control()) {
-                return Err(Error::usage(
-                    format!("user-data value `{key}` contains a line break or control character"),
-                    "user-data values must be a single printable line",
-                ));
-            }
-            script = script.replace(&format!("{{{{ {key} }}}}"), &text);
-        }
-        if let Some(start) = script.find("{{ ") {
-            let end = script[start..].find("}}").map(|e| start + e + 2).unwrap_or(script.len());
-            return Err(Error::usage(
-                format!("user-data template {} has a placeholder no var fills: {}", ud.template, &script[start..end]),
-                "add it under `user_data.vars` in the lab spec",
-            ));
-        }
+        let script = ctx.source.read_file(&ud.template)?;
+        let script = crate::spec::fill_placeholders(&script, &ud.vars, &format!("user-data template {}", ud.template))?;
         Ok(Some(script))
     }
 

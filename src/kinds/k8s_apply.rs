@@ -26,6 +26,8 @@ use crate::step::{
 
 pub struct K8sApply {
     pub kube: Arc<KubeBackend>,
+    /// Where the images are built: loaded from there into kind nodes when the profile says so.
+    pub docker: Arc<super::docker::DockerBackend>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -121,25 +123,9 @@ impl K8sApply {
         let tree = ctx.source.resolve_dir(&config.manifests)?;
         let mut out = Vec::new();
         for file in tree.files()?.into_iter().filter(|f| f.path.ends_with(".yaml") || f.path.ends_with(".yml")) {
-            let mut text =
+            let text =
                 String::from_utf8(file.contents).map_err(|_| Error::backend(format!("{} is not UTF-8", file.path)))?;
-            for (key, value) in &config.vars {
-                let value = value.as_str().map(String::from).unwrap_or_else(|| value.to_string());
-                if value.chars().any(|c| c.is_control()) {
-                    return Err(Error::usage(
-                        format!("manifest var `{key}` contains a control character"),
-                        "vars are one line each",
-                    ));
-                }
-                text = text.replace(&format!("{{{{ {key} }}}}"), &value);
-            }
-            if let Some(start) = text.find("{{ ") {
-                let end = text[start..].find("}}").map(|e| start + e + 2).unwrap_or(text.len());
-                return Err(Error::usage(
-                    format!("{}: placeholder {} has no value", file.path, &text[start..end]),
-                    "add it under the step's `vars` in the lab spec",
-                ));
-            }
+            let text = crate::spec::fill_placeholders(&text, &config.vars, &file.path)?;
             for (i, doc) in split_documents(&text).into_iter().enumerate() {
                 let body: Value = serde_saphyr::from_str(&doc).map_err(|e| {
                     Error::backend(format!(
@@ -476,6 +462,10 @@ impl StepKind for K8sApply {
                 .map_err(|e| api_error("creating the namespace", e))?;
         }
         let objects = self.objects(ctx, &config).await?;
+        if let Some(cluster) = self.kube.kind_cluster() {
+            let images: Vec<String> = objects.iter().flat_map(|o| super::kind_load::images_in(&o.body)).collect();
+            super::kind_load::load(&self.docker, ctx, cluster, &images).await?;
+        }
         for obj in &objects {
             ctx.log(&format!("applying {}", obj.id()));
             self.apply_one(ctx, ns, obj, false).await?;

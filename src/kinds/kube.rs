@@ -27,6 +27,10 @@ impl KubeBackend {
         KubeBackend { settings, client: OnceCell::new(), discovery: OnceCell::new() }
     }
 
+    pub fn kind_cluster(&self) -> Option<&str> {
+        self.settings.kind_cluster.as_deref()
+    }
+
     fn unreachable(&self, server: &str, message: String) -> Error {
         Error::Unreachable { backend: format!("the Kubernetes API {server}"), message, fix: START_HINT.into() }
     }

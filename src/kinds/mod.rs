@@ -14,6 +14,7 @@ pub mod ec2_instance;
 pub mod ec2_key_pair;
 pub mod ec2_security_group;
 pub mod k8s_apply;
+pub mod kind_load;
 pub mod kube;
 
 /// Every step kind this binary knows, wired to the backends the profile names.
@@ -22,12 +23,12 @@ pub fn registry(profile: &Profile) -> Registry {
     let aws = Arc::new(aws::AwsBackend::new(profile.aws.clone()));
     Registry::default()
         .with(Arc::new(docker_image::DockerImage { docker: docker.clone() }))
-        .with(Arc::new(docker_container::DockerContainer { docker }))
+        .with(Arc::new(docker_container::DockerContainer { docker: docker.clone() }))
         .with(Arc::new(ec2_ami::Ec2Ami { aws: aws.clone() }))
         .with(Arc::new(ec2_security_group::Ec2SecurityGroup { aws: aws.clone() }))
         .with(Arc::new(ec2_key_pair::Ec2KeyPair { aws: aws.clone() }))
         .with(Arc::new(ec2_instance::Ec2Instance { aws }))
-        .with(Arc::new(k8s_apply::K8sApply { kube: Arc::new(kube::KubeBackend::new(profile.kube.clone())) }))
+        .with(Arc::new(k8s_apply::K8sApply { kube: Arc::new(kube::KubeBackend::new(profile.kube.clone())), docker }))
 }
 
 /// sha256 of the parts, hex — the `labctl.input-hash` a resource is labelled with.

@@ -138,12 +138,16 @@ impl Relay {
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16384];
                     while let Ok(n) = c_read.read(&mut buf) {
-                        if n == 0 || u_write.write_all(&buf[..n]).is_err() {
+                        if n == 0 {
                             break;
                         }
                         log.lock().unwrap().extend_from_slice(&buf[..n]);
+                        // Trip the hold before the request leaves: its answer must not overtake it.
                         if let Some((action, tripped)) = hold_in.lock().unwrap().as_mut() {
                             *tripped |= String::from_utf8_lossy(&buf[..n]).contains(&format!("Action={action}&"));
+                        }
+                        if u_write.write_all(&buf[..n]).is_err() {
+                            break;
                         }
                     }
                     let _ = u_write.shutdown(std::net::Shutdown::Write);

@@ -65,10 +65,17 @@ impl Student {
     }
 
     /// A TD6 user on the local test cluster (testenv/k8s.sh), building from the local base image.
+    /// On kind (the project's GitHub workflow), images are loaded into the nodes: a profile
+    /// naming the cluster, from LABCTL_TEST_KIND_CLUSTER.
     pub fn td6(tag: &str) -> Student {
         let mut s = Student::new_for("td6", tag);
         s.args = vec!["--param".into(), format!("base_image={}", base_image())];
         s.envs = vec![("KUBECONFIG".into(), kubeconfig())];
+        if let Ok(cluster) = std::env::var("LABCTL_TEST_KIND_CLUSTER") {
+            let config = s.state.path().join("kind-config.yaml");
+            std::fs::write(&config, format!("profiles:\n  kind:\n    kube: {{ kind_cluster: {cluster} }}\n")).unwrap();
+            s.args.extend(["--config".into(), config.display().to_string(), "--profile".into(), "kind".into()]);
+        }
         s
     }
 

@@ -96,7 +96,8 @@ fn kill_right_after_run_instances_then_up_adopts() {
     let up = s.labctl().args(["--json", "td1", "up"]).run().success();
     assert!(
         up.events().iter().any(|e| e["event"] == "recovered" && e["step"] == "instance"),
-        "the journal's open intent"
+        "the journal's open intent: {}",
+        up.stdout
     );
     assert!(!relay.actions().iter().any(|a| a == "RunInstances"), "adopted, not launched again");
     assert_eq!(live_instances_of(&s.owner), first, "no duplicate");
