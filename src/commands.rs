@@ -129,12 +129,12 @@ impl App<'_> {
                 code
             }),
             LabAction::Verify => run.verify(&tally).await.map(|_| 0),
-            LabAction::Up { .. } => self.mutating(lab, action, |store| run.up(store, &tally)).await,
+            LabAction::Up { .. } => self.mutating(lab, action, async |store| run.up(store, &tally).await).await,
             LabAction::Down { sweep } => {
                 if !self.confirm(&format!("Remove everything lab {lab} made for owner {}?", self.settings.owner)) {
                     return Err(Error::usage("cancelled: nothing was removed", "pass --yes to skip the question"));
                 }
-                self.mutating(lab, action, |store| run.down(store, &tally, sweep)).await
+                self.mutating(lab, action, async |store| run.down(store, &tally, sweep).await).await
             }
         };
         let code = match &result {
@@ -163,11 +163,12 @@ impl App<'_> {
     /// Runs a mutating command under the lab's lock, with the journal; commits the state when
     /// the command finishes (even on failure, so the journal is compacted), but not when it is
     /// interrupted: then the open journal tells the next run what to finish.
-    async fn mutating<'s, F, Fut>(&self, lab: &str, action: LabAction, body: F) -> Result<i32>
-    where
-        F: FnOnce(&'s Mutex<StateStore>) -> Fut,
-        Fut: std::future::Future<Output = Result<()>> + 's,
-    {
+    async fn mutating(
+        &self,
+        lab: &str,
+        action: LabAction,
+        body: impl AsyncFnOnce(&Mutex<StateStore>) -> Result<()>,
+    ) -> Result<i32> {
         let dir = self.lab_dir(lab);
         let command = format!("{lab} {}", action.name());
         let store = StateStore::open(&dir, &command, self.settings.lock_timeout, |m| self.printer.note(m))?;
@@ -178,10 +179,9 @@ impl App<'_> {
                 run_id: i.run_id.clone(),
             });
         }
-        // The store lives as long as the body's borrows: leak one small struct per process run.
-        let store: &'s Mutex<StateStore> = Box::leak(Box::new(Mutex::new(store)));
+        let store = Mutex::new(store);
         let result = tokio::select! {
-            r = body(store) => r,
+            r = body(&store) => r,
             _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
         };
         if matches!(result, Err(Error::Interrupted)) {

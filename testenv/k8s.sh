@@ -204,6 +204,11 @@ pause_image() {
 
 up() {
   if healthy && node_ready; then say "already up (KUBECONFIG=$K8S_HOME/kubeconfig)"; return 0; fi
+  # What a killed cluster left (a session that ended, a crash): cleared, so every start is fresh.
+  if [ -d "$K8S_HOME" ] || ip link show "$NODE_LINK" >/dev/null 2>&1; then
+    say "clearing what an earlier cluster left"
+    down
+  fi
   need_packages etcd-server containernetworking-plugins socat conntrack openssl iptables jq curl
   build
   local bin; bin=$(bin_dir)

@@ -205,6 +205,7 @@ impl StepKind for DockerImage {
         let mut tail: Vec<String> = Vec::new();
         // Layers this build committed: removed again if the build fails.
         let mut layers: Vec<String> = Vec::new();
+        let mut from_cache = false;
         let mut id = None;
         let mut failure = None;
         let build = async {
@@ -215,8 +216,12 @@ impl StepKind for DockerImage {
                             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                                 ctx.log(line);
                                 tail.push(line.to_string());
-                                if let Some(layer) = line.trim().strip_prefix("---> ") {
-                                    layers.push(layer.trim().to_string());
+                                // Layers this build made; not the ones it took from the cache, which
+                                // other builds share.
+                                match line.trim().strip_prefix("---> ").map(str::trim) {
+                                    Some("Using cache") => from_cache = true,
+                                    Some(layer) if !std::mem::take(&mut from_cache) => layers.push(layer.to_string()),
+                                    _ => {}
                                 }
                             }
                         }
