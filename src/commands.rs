@@ -45,7 +45,9 @@ impl App<'_> {
 
     pub async fn doctor(&self) -> Result<i32> {
         let mut failed = 0;
-        let mut seen = Vec::new();
+        // Each backend once, with the labs that need it.
+        let mut checks: Vec<(crate::step::Diagnosis, Vec<String>)> = Vec::new();
+        let mut diagnosed: std::collections::HashMap<&str, Vec<crate::step::Diagnosis>> = Default::default();
         for entry in self.catalog.entries() {
             let spec = match entry.parse(self.registry) {
                 Ok(spec) => spec,
@@ -62,15 +64,22 @@ impl App<'_> {
             };
             for step in spec.steps.values() {
                 let kind = self.registry.get(&step.kind).expect("parse checked the kind");
-                for d in kind.diagnose().await {
-                    if seen.contains(&d.name) {
-                        continue;
+                if !diagnosed.contains_key(kind.name()) {
+                    diagnosed.insert(kind.name(), kind.diagnose().await);
+                }
+                for d in diagnosed[kind.name()].clone() {
+                    match checks.iter_mut().find(|(c, _)| c.name == d.name) {
+                        Some((_, labs)) if !labs.contains(&entry.name) => labs.push(entry.name.clone()),
+                        Some(_) => {}
+                        None => checks.push((d, vec![entry.name.clone()])),
                     }
-                    seen.push(d.name.clone());
-                    failed += usize::from(!d.ok);
-                    self.printer.event(Event::Doctor { name: d.name, ok: d.ok, detail: d.detail, fix: d.fix });
                 }
             }
+        }
+        for (d, labs) in checks {
+            failed += usize::from(!d.ok);
+            let detail = format!("{} (needed by {})", d.detail, labs.join(", "));
+            self.printer.event(Event::Doctor { name: d.name, ok: d.ok, detail, fix: d.fix });
         }
         let dir = &self.settings.state_dir;
         let writable = std::fs::create_dir_all(dir).and_then(|_| tempfile_in(dir));

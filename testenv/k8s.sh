@@ -8,6 +8,7 @@
 #   testenv/k8s.sh up       start the cluster (idempotent; ~1 s when already up)
 #   testenv/k8s.sh down     stop it and leave no process, iptables rule, mount or link behind
 #   testenv/k8s.sh status
+#   testenv/k8s.sh check-clean   exit 1 if anything of the cluster is left (after `down`)
 #
 # The kubeconfig is written to $K8S_HOME/kubeconfig (default /var/lib/labctl-k8s/kubeconfig).
 # Facts behind each choice: ../shared/TESTENV.md, "Kubernetes".
@@ -317,10 +318,25 @@ down() {
   say "down: no process, rule, mount or link left"
 }
 
+# Exit 1, naming them, if any process, iptables rule, mount, link, container or file of the
+# cluster is left: what `down` promises.
+check_clean() {
+  local left=()
+  pgrep -f "$K8S_HOME|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy" >/dev/null && left+=("processes")
+  iptables-save 2>/dev/null | grep -qE 'KUBE-|CNI-' && left+=("iptables rules")
+  grep -q " $K8S_HOME" /proc/mounts && left+=("mounts")
+  for link in "$NODE_LINK" "$CNI_BRIDGE"; do ip link show "$link" >/dev/null 2>&1 && left+=("link $link"); done
+  [ -n "$(docker ps -aq --filter name=k8s_ 2>/dev/null)" ] && left+=("pod containers")
+  [ -e "$K8S_HOME" ] && left+=("$K8S_HOME")
+  if [ ${#left[@]} -gt 0 ]; then say "left behind: ${left[*]}"; return 1; fi
+  say "clean: no process, rule, mount, link, container or state of the cluster is left"
+}
+
 case "${1:-}" in
   build) build ;;
   up) up ;;
   down) down ;;
+  check-clean) check_clean ;;
   status) if healthy && node_ready; then echo up; else echo down; exit 1; fi ;;
-  *) echo "usage: $0 build|up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|status|check-clean" >&2; exit 2 ;;
 esac

@@ -32,7 +32,12 @@ impl KubeBackend {
     }
 
     fn unreachable(&self, server: &str, message: String) -> Error {
-        Error::Unreachable { backend: format!("the Kubernetes API {server}"), message, fix: START_HINT.into() }
+        let backend = if server.is_empty() {
+            "the Kubernetes API".to_string()
+        } else {
+            format!("the Kubernetes API at {server}")
+        };
+        Error::Unreachable { backend, message, fix: START_HINT.into() }
     }
 
     /// The client and the API server's address, built and checked (a version call) on first use.
