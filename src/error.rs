@@ -53,6 +53,16 @@ impl Error {
         Error::Usage { message: message.into(), hint: Some(hint.into()) }
     }
 
+    /// A resource with the name labctl would use exists but is not this owner's: labctl never
+    /// adopts, changes or removes it. `how` says how the user can free the name.
+    pub fn not_ours(what: &str, owner: &str, how: &str) -> Self {
+        Error::Backend {
+            message: format!("{what} exists and was not made by labctl for owner `{owner}`"),
+            detail: None,
+            hint: Some(format!("labctl will not touch it: {how}, or use another owner")),
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { context: context.into(), source }
     }

@@ -104,16 +104,11 @@ impl DockerContainer {
         let config = info.config.unwrap_or_default();
         let labels = config.labels.unwrap_or_default();
         if !ctx.ownership.owns(&labels) {
-            return Err(Error::Backend {
-                message: format!(
-                    "a container named `{name}` exists and was not made by labctl for owner `{}`",
-                    ctx.ownership.owner
-                ),
-                detail: None,
-                hint: Some(format!(
-                    "labctl will not touch it: remove or rename it yourself (`docker rm -f {name}`), or use another owner"
-                )),
-            });
+            return Err(Error::not_ours(
+                &format!("a container named `{name}`"),
+                &ctx.ownership.owner,
+                &format!("remove or rename it yourself (`docker rm -f {name}`)"),
+            ));
         }
         let state = info.state.unwrap_or_default();
         let ports = info

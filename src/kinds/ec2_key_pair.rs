@@ -48,14 +48,9 @@ impl Ec2KeyPair {
             .map_err(|e| self.aws.error("describing key pairs", e))?;
         match found.key_pairs().first() {
             None => Ok(None),
-            Some(k) if foreign(ctx.ownership, &tags_map(k.tags())) => Err(Error::Backend {
-                message: format!(
-                    "a key pair named `{name}` exists and was not made by labctl for owner `{}`",
-                    ctx.ownership.owner
-                ),
-                detail: None,
-                hint: Some("labctl will not touch it: delete or rename it, or use another owner".into()),
-            }),
+            Some(k) if foreign(ctx.ownership, &tags_map(k.tags())) => {
+                Err(Error::not_ours(&format!("a key pair named `{name}`"), &ctx.ownership.owner, "delete or rename it"))
+            }
             Some(k) => Ok(Some(k.clone())),
         }
     }

@@ -93,14 +93,11 @@ impl Ec2SecurityGroup {
             .map_err(|e| self.aws.error("describing security groups", e))?;
         match found.security_groups().first() {
             None => Ok(None),
-            Some(g) if foreign(ctx.ownership, &tags_map(g.tags())) => Err(Error::Backend {
-                message: format!(
-                    "a security group named `{name}` exists and was not made by labctl for owner `{}`",
-                    ctx.ownership.owner
-                ),
-                detail: None,
-                hint: Some("labctl will not touch it: delete or rename it, or use another owner".into()),
-            }),
+            Some(g) if foreign(ctx.ownership, &tags_map(g.tags())) => Err(Error::not_ours(
+                &format!("a security group named `{name}`"),
+                &ctx.ownership.owner,
+                "delete or rename it",
+            )),
             Some(g) => Ok(Some(g.clone())),
         }
     }

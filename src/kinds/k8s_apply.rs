@@ -361,15 +361,11 @@ impl StepKind for K8sApply {
                 continue;
             };
             if !ctx.ownership.owns(&live.metadata.labels.clone().unwrap_or_default().into_iter().collect()) {
-                return Err(Error::Backend {
-                    message: format!(
-                        "{} exists in {ns} and was not applied by labctl for owner `{}`",
-                        obj.id(),
-                        ctx.ownership.owner
-                    ),
-                    detail: None,
-                    hint: Some("labctl will not take it over: delete it, or use another namespace/owner".into()),
-                });
+                return Err(Error::not_ours(
+                    &format!("{} in namespace {ns}", obj.id()),
+                    &ctx.ownership.owner,
+                    "delete it, or pick another namespace",
+                ));
             }
             if obj.kind == "Deployment" {
                 let d: Deployment = serde_json::from_value(serde_json::to_value(&live).expect("json"))
