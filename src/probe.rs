@@ -69,20 +69,20 @@ pub async fn run_check(check: &CheckSpec, url: &str) -> CheckResult {
     if response.status != http.status {
         problems.push(format!("status {} (expected {})", response.status, http.status));
     }
-    if let Some(want) = &http.body_contains {
-        if !response.body.contains(want.as_str()) {
-            problems.push(format!("body does not contain {want:?}"));
-        }
+    if let Some(want) = &http.body_contains
+        && !response.body.contains(want.as_str())
+    {
+        problems.push(format!("body does not contain {want:?}"));
     }
-    if let Some(banned) = &http.body_not_contains {
-        if response.body.contains(banned.as_str()) {
-            problems.push(format!("body contains {banned:?}"));
-        }
+    if let Some(banned) = &http.body_not_contains
+        && response.body.contains(banned.as_str())
+    {
+        problems.push(format!("body contains {banned:?}"));
     }
-    if let Some(want) = &http.body_equals {
-        if response.body.trim_end() != want.as_str() {
-            problems.push(format!("body is {:?} (expected {want:?})", clip(&response.body)));
-        }
+    if let Some(want) = &http.body_equals
+        && response.body.trim_end() != want.as_str()
+    {
+        problems.push(format!("body is {:?} (expected {want:?})", clip(&response.body)));
     }
     if problems.is_empty() {
         CheckResult { name, ok: true, detail: format!("{} {}", response.status, clip(&response.body)) }

@@ -286,12 +286,11 @@ fn step_refs(config: &Value) -> Vec<String> {
     let mut refs = Vec::new();
     collect_strings(config, &mut |s| {
         for e in template_exprs(s) {
-            if let Some(rest) = e.strip_prefix("steps.") {
-                if let Some((step, _)) = rest.split_once('.') {
-                    if !refs.iter().any(|r: &String| r == step) {
-                        refs.push(step.to_string());
-                    }
-                }
+            if let Some(rest) = e.strip_prefix("steps.")
+                && let Some((step, _)) = rest.split_once('.')
+                && !refs.iter().any(|r: &String| r == step)
+            {
+                refs.push(step.to_string());
             }
         }
     });

@@ -171,15 +171,15 @@ impl StateStore {
         let mut interrupted = replay(&mut state, &entries);
         // A journal that was never compacted means the last run stopped before it finished,
         // even if each of its side effects had completed (e.g. killed while waiting).
-        if interrupted.is_empty() {
-            if let Some(last) = entries.last() {
-                interrupted.push(Interrupted {
-                    step: String::new(),
-                    action: "its final checks".into(),
-                    run_id: last.run_id.clone(),
-                });
-                state.status = "interrupted".into();
-            }
+        if interrupted.is_empty()
+            && let Some(last) = entries.last()
+        {
+            interrupted.push(Interrupted {
+                step: String::new(),
+                action: "its final checks".into(),
+                run_id: last.run_id.clone(),
+            });
+            state.status = "interrupted".into();
         }
         let journal = open_private(&journal_path, true)?;
         Ok(StateStore { dir: dir.to_path_buf(), _lock: lock, journal, state, interrupted })

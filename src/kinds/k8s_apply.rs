@@ -20,8 +20,7 @@ use crate::catalog::typed_config;
 use crate::error::{Error, Result};
 use crate::probe;
 use crate::step::{
-    Action, CheckResult, Diagnosis, LABEL_INPUT, LABEL_MANAGED, LABEL_RUN, Observation, Outputs, Ownership, StepCtx,
-    StepKind,
+    Action, CheckResult, Diagnosis, LABEL_INPUT, LABEL_RUN, Observation, Outputs, Ownership, StepCtx, StepKind,
 };
 
 pub struct K8sApply {
@@ -259,8 +258,7 @@ impl K8sApply {
         events
             .items
             .into_iter()
-            .filter(|e| e.type_.as_deref() == Some("Warning"))
-            .last()
+            .rfind(|e| e.type_.as_deref() == Some("Warning"))
             .map(|e| format!("— {}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default().trim()))
     }
 
@@ -334,7 +332,7 @@ impl StepKind for K8sApply {
         let namespace = self.namespace(ns).await?;
         if let Some(n) = &namespace {
             let labels = n.metadata.labels.clone().unwrap_or_default();
-            let ours = labels.get(LABEL_MANAGED).is_some() && ctx.ownership.owns(&labels.into_iter().collect());
+            let ours = ctx.ownership.owns(&labels.into_iter().collect());
             if !ours && n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CREATED_NS)) {
                 return Err(Error::backend(format!(
                     "namespace {ns} was made by labctl for another owner: labctl will not touch it"

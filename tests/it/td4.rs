@@ -224,7 +224,8 @@ fn ctrl_c_stops_cleanly_and_a_second_labctl_waits_for_the_lock() {
 fn a_same_named_container_that_is_not_ours_is_never_touched() {
     let s = Student::new("foreign");
     let name = format!("sample-app-{}", s.owner);
-    let made = std::process::Command::new("docker").args(["create", "--name", &name, &base_image(), "true"]).output().unwrap();
+    let made =
+        std::process::Command::new("docker").args(["create", "--name", &name, &base_image(), "true"]).output().unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     s.labctl().args(["td4", "plan"]).run().code(1).stderr_has("was not made by labctl").stderr_has("docker rm -f");
     s.labctl().args(["-q", "td4", "down"]).run().success();
