@@ -18,7 +18,7 @@ use super::docker::{DockerBackend, api_error, engine_message, label_filters, sho
 use super::input_hash;
 use crate::catalog::typed_config;
 use crate::error::{Error, Result};
-use crate::files::IgnoreRules;
+use crate::files::{IgnoreRules, TreeFile};
 use crate::step::{Action, Diagnosis, LABEL_INPUT, Observation, Outputs, StepCtx, StepKind};
 
 pub struct DockerImage {
@@ -49,17 +49,15 @@ fn default_timeout() -> u64 {
     900
 }
 
-/// The build context as a deterministic tar, and the hash of everything the image depends on.
+/// The files of the build context (`.dockerignore` applied) and the hash of everything the
+/// image depends on.
 struct Context {
-    tar: Vec<u8>,
+    files: Vec<TreeFile>,
     hash: String,
 }
 
 impl Config {
-    /// Packs the context. `labels`, when given, are appended to the Dockerfile as one `LABEL`
-    /// instruction: one build step, where the API's `labels` option adds a step per label.
-    /// The hash covers the files as they are, not the labels (which carry the run id).
-    fn context(&self, ctx: &StepCtx<'_>, labels: Option<&BTreeMap<String, String>>) -> Result<Context> {
+    fn context(&self, ctx: &StepCtx<'_>) -> Result<Context> {
         let tree = ctx.source.resolve_dir(&self.context)?;
         let files = tree.files()?;
         if !files.iter().any(|f| f.path == self.dockerfile) {
@@ -73,15 +71,25 @@ impl Config {
             .find(|f| f.path == ".dockerignore")
             .map(|f| IgnoreRules::parse(&String::from_utf8_lossy(&f.contents)))
             .unwrap_or_else(|| IgnoreRules::parse(""));
-        let mut hashed: Vec<&[u8]> = vec![self.dockerfile.as_bytes(), self.tag.as_bytes()];
+        let files: Vec<TreeFile> =
+            files.into_iter().filter(|f| f.path == self.dockerfile || !ignore.is_ignored(&f.path)).collect();
         let args = serde_json::to_vec(&self.build_args).expect("strings serialize");
-        hashed.push(&args);
-        let mut builder = tar::Builder::new(Vec::new());
-        for f in files.iter().filter(|f| f.path == self.dockerfile || !ignore.is_ignored(&f.path)) {
+        let mut hashed: Vec<&[u8]> = vec![self.dockerfile.as_bytes(), self.tag.as_bytes(), &args];
+        for f in &files {
             hashed.push(f.path.as_bytes());
             hashed.push(&f.contents);
+        }
+        let hash = input_hash(&hashed);
+        Ok(Context { files, hash })
+    }
+
+    /// The context as a deterministic tar, with `labels` appended to the Dockerfile as one
+    /// `LABEL` instruction: one build step, where the API's `labels` option adds a step per label.
+    fn pack(&self, context: &Context, labels: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for f in &context.files {
             let mut contents = f.contents.clone();
-            if let (true, Some(labels)) = (f.path == self.dockerfile, labels) {
+            if f.path == self.dockerfile {
                 let pairs: Vec<String> =
                     labels.iter().map(|(k, v)| format!("{k}={}", serde_json::Value::from(v.as_str()))).collect();
                 contents.extend_from_slice(format!("\nLABEL {}\n", pairs.join(" ")).as_bytes());
@@ -95,9 +103,7 @@ impl Config {
                 .append_data(&mut header, &f.path, contents.as_slice())
                 .map_err(|e| Error::io(format!("packing {}", f.path), e))?;
         }
-        let hash = input_hash(&hashed);
-        let tar = builder.into_inner().map_err(|e| Error::io("packing the build context", e))?;
-        Ok(Context { tar, hash })
+        builder.into_inner().map_err(|e| Error::io("packing the build context", e))
     }
 }
 
@@ -144,7 +150,7 @@ impl StepKind for DockerImage {
 
     async fn observe(&self, ctx: &StepCtx<'_>, desired: &Value, _pending: bool) -> Result<Observation> {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
-        let context = config.context(ctx, None)?;
+        let context = config.context(ctx)?;
         let found = self.find(ctx, Some(ctx.step)).await?;
         let Some(current) = found.iter().find(|f| f.hash == context.hash) else {
             return Ok(match found.first() {
@@ -191,8 +197,8 @@ impl StepKind for DockerImage {
             docker.tag_image(id, Some(options)).await.map_err(|e| api_error("tagging the image", e))?;
             return Ok(observed.outputs.clone());
         }
-        let hash = config.context(ctx, None)?.hash;
-        let context = config.context(ctx, Some(&ctx.ownership.labels(ctx.step, &hash)))?;
+        let context = config.context(ctx)?;
+        let tar = config.pack(&context, &ctx.ownership.labels(ctx.step, &context.hash))?;
         let args: HashMap<String, String> = config.build_args.clone().into_iter().collect();
         let options = BuildImageOptionsBuilder::default()
             .dockerfile(&config.dockerfile)
@@ -201,7 +207,7 @@ impl StepKind for DockerImage {
             .forcerm(true)
             .buildargs(&args)
             .build();
-        let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.tar.into())));
+        let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
         let mut tail: Vec<String> = Vec::new();
         // Layers this build committed: removed again if the build fails.
         let mut layers: Vec<String> = Vec::new();
@@ -250,7 +256,7 @@ impl StepKind for DockerImage {
                 let untagged =
                     docker.inspect_image(layer).await.is_ok_and(|i| i.repo_tags.unwrap_or_default().is_empty());
                 if untagged {
-                    let options = RemoveImageOptionsBuilder::default().force(false).build();
+                    let options = RemoveImageOptionsBuilder::default().force(false).noprune(true).build();
                     let _ = docker.remove_image(layer, Some(options), None).await;
                 }
             }
@@ -272,7 +278,7 @@ impl StepKind for DockerImage {
         };
         // Older builds of this step are superseded: remove them (an image still in use stays).
         for old in self.find(ctx, Some(ctx.step)).await?.into_iter().filter(|f| f.id != id) {
-            let options = RemoveImageOptionsBuilder::default().force(false).build();
+            let options = RemoveImageOptionsBuilder::default().force(false).noprune(true).build();
             if docker.remove_image(&old.id, Some(options), None).await.is_ok() {
                 ctx.log(&format!("removed superseded image {}", short_id(&old.id)));
             }
@@ -283,8 +289,10 @@ impl StepKind for DockerImage {
     async fn destroy(&self, ctx: &StepCtx<'_>, step: Option<&str>) -> Result<Vec<String>> {
         let docker = self.docker.client().await?;
         let mut removed = Vec::new();
+        // `noprune`: the untagged parent layers are build cache that another owner's build on
+        // the same engine may be reusing at this very moment; pruning them breaks that build.
         for image in self.find(ctx, step).await? {
-            let options = RemoveImageOptionsBuilder::default().force(true).build();
+            let options = RemoveImageOptionsBuilder::default().force(true).noprune(true).build();
             match docker.remove_image(&image.id, Some(options), None).await {
                 Ok(_) => removed.push(format!("image {}", short_id(&image.id))),
                 Err(e) if super::docker::is_not_found(&e) => {}

@@ -199,6 +199,18 @@ impl K8sApply {
         Ok(out)
     }
 
+    /// This step's objects in the cluster that its manifests no longer name: to prune.
+    async fn strays(&self, ctx: &StepCtx<'_>, objects: &[Object]) -> Result<Vec<(ApiResource, DynamicObject)>> {
+        let named: BTreeSet<(String, String)> = objects.iter().map(|o| (o.kind.clone(), o.name.clone())).collect();
+        let kinds: Vec<(String, String)> =
+            objects.iter().map(|o| (o.resource.api_version.clone(), o.kind.clone())).collect();
+        let owned = self.owned(ctx, Some(ctx.step), &kinds).await?;
+        Ok(owned
+            .into_iter()
+            .filter(|(r, live)| !named.contains(&(r.kind.clone(), live.metadata.name.clone().unwrap_or_default())))
+            .collect())
+    }
+
     async fn apply_one(&self, ctx: &StepCtx<'_>, ns: &str, obj: &Object, dry_run: bool) -> Result<DynamicObject> {
         let (client, _) = self.kube.client().await?;
         let mut params = PatchParams::apply("labctl");
@@ -278,6 +290,24 @@ impl K8sApply {
             && total == desired;
         (done, format!("{ready}/{desired} ready, {updated} updated, {available} available, {total} total"))
     }
+}
+
+/// `k=v,k2=v2`, as list calls take it.
+fn label_selector(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// The selector of a deployment's pods.
+fn pod_selector(d: &Deployment) -> String {
+    label_selector(&d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default())
+}
+
+/// What the step reports: its namespace and the objects it applied.
+fn outputs(ns: &str, objects: &[Object]) -> Outputs {
+    Outputs::from_iter([
+        ("namespace".to_string(), Value::from(ns)),
+        ("objects".to_string(), Value::from(objects.iter().map(Object::id).collect::<Vec<_>>().join(", "))),
+    ])
 }
 
 /// Splits a multi-document YAML stream on `---` lines.
@@ -376,8 +406,7 @@ impl StepKind for K8sApply {
                     .and_then(|a| a.get("deployment.kubernetes.io/revision"))
                     .cloned();
                 details.push((obj.id(), format!("{rollout}, revision {}", revision.unwrap_or_default())));
-                let selector = d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
-                let selector = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                let selector = pod_selector(&d);
                 let pods = Api::<Pod>::namespaced(client.clone(), ns)
                     .list(&ListParams::default().labels(&selector))
                     .await
@@ -410,20 +439,10 @@ impl StepKind for K8sApply {
                 Err(e) => return Err(e),
             }
         }
-        let desired_ids: BTreeSet<(String, String)> =
-            objects.iter().map(|o| (o.kind.clone(), o.name.clone())).collect();
-        let extra: Vec<(String, String)> =
-            objects.iter().map(|o| (o.resource.api_version.clone(), o.kind.clone())).collect();
-        for (resource, live) in self.owned(ctx, Some(ctx.step), &extra).await? {
-            let id = (resource.kind.clone(), live.metadata.name.clone().unwrap_or_default());
-            if !desired_ids.contains(&id) {
-                changes.push(format!("prune {}/{}", id.0.to_lowercase(), id.1));
-            }
+        for (resource, live) in self.strays(ctx, &objects).await? {
+            changes.push(format!("prune {}/{}", resource.kind.to_lowercase(), live.metadata.name.unwrap_or_default()));
         }
-        let outputs = Outputs::from_iter([
-            ("namespace".to_string(), Value::from(ns.clone())),
-            ("objects".to_string(), Value::from(objects.iter().map(Object::id).collect::<Vec<_>>().join(", "))),
-        ]);
+        let outputs = outputs(ns, &objects);
         if !drifted.is_empty() {
             details.push(("drift".into(), drifted.join("; ")));
         }
@@ -464,23 +483,14 @@ impl StepKind for K8sApply {
             ctx.log(&format!("applying {}", obj.id()));
             self.apply_one(ctx, ns, obj, false).await?;
         }
-        let desired_ids: BTreeSet<(String, String)> =
-            objects.iter().map(|o| (o.kind.clone(), o.name.clone())).collect();
-        let extra: Vec<(String, String)> =
-            objects.iter().map(|o| (o.resource.api_version.clone(), o.kind.clone())).collect();
-        for (resource, live) in self.owned(ctx, Some(ctx.step), &extra).await? {
+        for (resource, live) in self.strays(ctx, &objects).await? {
             let name = live.metadata.name.clone().unwrap_or_default();
-            if !desired_ids.contains(&(resource.kind.clone(), name.clone())) {
-                ctx.log(&format!("pruning {}/{name}", resource.kind.to_lowercase()));
-                let live_ns = live.metadata.namespace.clone().unwrap_or_default();
-                let api = self.api(client, &resource, live.metadata.namespace.is_some(), &live_ns);
-                api.delete(&name, &DeleteParams::default()).await.map_err(|e| api_error("pruning", e))?;
-            }
+            ctx.log(&format!("pruning {}/{name}", resource.kind.to_lowercase()));
+            let live_ns = live.metadata.namespace.clone().unwrap_or_default();
+            let api = self.api(client, &resource, live.metadata.namespace.is_some(), &live_ns);
+            api.delete(&name, &DeleteParams::default()).await.map_err(|e| api_error("pruning", e))?;
         }
-        Ok(Outputs::from_iter([
-            ("namespace".to_string(), Value::from(ns.clone())),
-            ("objects".to_string(), Value::from(objects.iter().map(Object::id).collect::<Vec<_>>().join(", "))),
-        ]))
+        Ok(outputs(ns, &objects))
     }
 
     async fn wait(&self, ctx: &StepCtx<'_>, desired: &Value, _outputs: &Outputs) -> Result<()> {
@@ -496,8 +506,7 @@ impl StepKind for K8sApply {
                 if done {
                     break;
                 }
-                let selector = d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
-                let selector = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                let selector = pod_selector(&d);
                 let (problems, fatal) = self.pod_problems(&config.namespace, &selector).await?;
                 if fatal || Instant::now() >= deadline {
                     let why = if fatal {
@@ -647,8 +656,7 @@ impl K8sApply {
         let (client, _) = self.kube.client().await.map_err(|e| e.to_string())?;
         let svc = Api::<Service>::namespaced(client.clone(), ns).get(service).await.map_err(|e| e.to_string())?;
         let spec = svc.spec.unwrap_or_default();
-        let selector =
-            spec.selector.unwrap_or_default().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let selector = label_selector(&spec.selector.unwrap_or_default());
         let port = spec.ports.unwrap_or_default().first().and_then(|p| p.target_port.clone());
         let port = match port {
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => p as u16,

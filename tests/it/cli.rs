@@ -21,7 +21,7 @@ fn unknown_lab_is_a_clear_error() {
 #[test]
 fn malformed_lab_spec_names_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/labs/td4.yaml")).unwrap();
+    let spec = std::fs::read_to_string(repo().join("labs/td4.yaml")).unwrap();
     std::fs::write(dir.path().join("td4.yaml"), spec.replace("    name: \"sample-app-{{ owner }}\"", "    nmae: oops"))
         .unwrap();
     let run = Labctl::new().arg("--labs-dir").arg(dir.path()).args(["td4", "plan"]).run().code(1);

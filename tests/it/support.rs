@@ -103,6 +103,12 @@ impl Drop for Student {
     }
 }
 
+/// The checkout under test. Read when the tests run (cargo sets it), not baked in when they
+/// are compiled: CI builds into a target dir shared with other checkouts.
+pub fn repo() -> PathBuf {
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run the tests with cargo test"))
+}
+
 /// The test cluster's kubeconfig (written by testenv/k8s.sh).
 pub fn kubeconfig() -> String {
     std::env::var("LABCTL_TEST_KUBECONFIG").unwrap_or_else(|_| "/var/lib/labctl-k8s/kubeconfig".into())
@@ -352,7 +358,7 @@ pub fn unix_now() -> String {
 pub fn custom_spec(student: &mut Student, lab: &str, edit: impl Fn(&str) -> String) -> PathBuf {
     let labs = student.state.path().join("custom-labs");
     std::fs::create_dir_all(&labs).unwrap();
-    let spec = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("labs/{lab}.yaml"))).unwrap();
+    let spec = std::fs::read_to_string(repo().join(format!("labs/{lab}.yaml"))).unwrap();
     std::fs::write(labs.join(format!("{lab}.yaml")), edit(&spec)).unwrap();
     student.labs_dir = Some(labs.clone());
     labs
@@ -367,12 +373,12 @@ pub fn custom_td4(
 ) -> PathBuf {
     let root = student.state.path().join("custom");
     let app = root.join("app");
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/sample-app"), &app);
+    copy_dir(&repo().join("apps/sample-app"), &app);
     let dockerfile = std::fs::read_to_string(app.join("Dockerfile")).unwrap();
     std::fs::write(app.join("Dockerfile"), dockerfile_edit(&dockerfile)).unwrap();
     let labs = root.join("labs");
     std::fs::create_dir_all(&labs).unwrap();
-    let spec = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/td4.yaml")).unwrap();
+    let spec = std::fs::read_to_string(repo().join("labs/td4.yaml")).unwrap();
     let spec = spec.replace("context: ../apps/sample-app", "context: ../app");
     std::fs::write(labs.join("td4.yaml"), spec_edit(&spec)).unwrap();
     student.labs_dir = Some(labs.clone());

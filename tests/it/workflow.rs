@@ -12,7 +12,7 @@ fn tool(name: &str) -> PathBuf {
 }
 
 fn workflows() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".github/workflows");
+    let dir = crate::support::repo().join(".github/workflows");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(!files.is_empty());
