@@ -72,11 +72,21 @@ fn two_owners_side_by_side() {
     bob.labctl().args(["td4", "verify"]).run().success();
 }
 
+/// A Dockerfile line that takes `secs` to build. The (shell) comment makes it miss the
+/// engine's build cache: the cache outlives `down` (see README), so a line shared with an
+/// earlier run would finish at once and the test would race past its kill point. The owner
+/// alone is not enough (its pid part repeats across boots), hence the clock.
+fn slow_step(secs: u32, owner: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("RUN sleep {secs} # {owner} {nanos}")
+}
+
 #[test]
 fn kill_during_the_build_then_up_converges_and_down_cleans() {
     let mut s = Student::new("killbuild");
     // A build step that takes a while, so the kill lands in the middle of the build.
-    custom_td4(&mut s, |d| d.replace("USER node", "RUN sleep 6\nUSER node"), |spec| spec.to_string());
+    let slow = slow_step(6, &s.owner);
+    custom_td4(&mut s, |d| d.replace("USER node", &format!("{slow}\nUSER node")), |spec| spec.to_string());
     let child = s.labctl().args(["--json", "-v", "td4", "up"]).spawn();
     let seen = kill_when(child, Duration::from_secs(300), |e| {
         e["event"] == "log" && e["line"].as_str().is_some_and(|l| l.contains("RUN sleep 6"))
@@ -187,7 +197,8 @@ fn an_unreachable_engine_says_how_to_start_one() {
 #[test]
 fn ctrl_c_stops_cleanly_and_a_second_labctl_waits_for_the_lock() {
     let mut s = Student::new("sigint");
-    custom_td4(&mut s, |d| d.replace("USER node", "RUN sleep 8\nUSER node"), |spec| spec.to_string());
+    let slow = slow_step(8, &s.owner);
+    custom_td4(&mut s, |d| d.replace("USER node", &format!("{slow}\nUSER node")), |spec| spec.to_string());
     let mut child = s.labctl().args(["--json", "-v", "td4", "up"]).spawn();
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
