@@ -38,9 +38,32 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Response, String> {
     let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: labctl\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+    // Read until the body is complete by its Content-Length, else until the peer closes: some
+    // relays (the socat behind a dockershim port-forward) hold the close back for half a second.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if complete(&raw) {
+            break;
+        }
+    }
     parse(&raw)
+}
+
+/// Whether `raw` holds the whole response: headers, and as many body bytes as Content-Length says.
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let length = head.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok()).flatten()
+    });
+    length.is_some_and(|length| raw.len() >= end + 4 + length)
 }
 
 fn parse(raw: &[u8]) -> Result<Response, String> {
@@ -125,5 +148,20 @@ mod tests {
         });
         let r = get(&format!("http://{addr}/x"), Duration::from_secs(5)).await.unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "Hello, World!"));
+    }
+
+    #[tokio::test]
+    async fn a_response_is_done_at_its_content_length_even_if_the_peer_keeps_the_connection() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = server.read(&mut buf).await.unwrap();
+            server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, ").await.unwrap();
+            server.write_all(b"World!").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await; // never closes in time
+            drop(server);
+        });
+        let r = tokio::time::timeout(Duration::from_secs(2), exchange(client, "x", "/")).await.expect("no wait for EOF");
+        assert_eq!((r.unwrap().body.as_str(), complete(b"HTTP/1.0 200 OK\r\n\r\n")), ("Hello, World!", false));
     }
 }

@@ -89,6 +89,20 @@ struct Object {
     body: Value,
 }
 
+/// What `observe` found for one object.
+struct Seen {
+    details: Vec<(String, String)>,
+    verdict: Verdict,
+}
+
+enum Verdict {
+    Same,
+    /// What `up` will do to it: create, update.
+    Change(&'static str),
+    /// Why it differs from what labctl applied.
+    Drift(String),
+}
+
 impl Object {
     fn id(&self) -> String {
         format!("{}/{}", self.kind.to_lowercase(), self.name)
@@ -187,16 +201,17 @@ impl K8sApply {
             KNOWN_KINDS.iter().map(|(a, k)| (a.to_string(), k.to_string())).collect();
         kinds.extend(extra.iter().cloned());
         let params = ListParams::default().labels(&selector(ctx.ownership, step));
-        let mut out = Vec::new();
-        for (api_version, kind) in kinds {
-            let Ok((resource, _)) = self.kube.resolve(&api_version, &kind).await else { continue };
+        // One list per kind, all at once: with the discovery this is the bulk of a no-op `up`.
+        let params = &params;
+        let lists = kinds.into_iter().map(|(api_version, kind)| async move {
+            let Ok((resource, _)) = self.kube.resolve(&api_version, &kind).await else { return Ok(Vec::new()) };
             let list = Api::<DynamicObject>::all_with(client.clone(), &resource)
-                .list(&params)
+                .list(params)
                 .await
                 .map_err(|e| api_error(&format!("listing {kind}s"), e))?;
-            out.extend(list.items.into_iter().map(|o| (resource.clone(), o)));
-        }
-        Ok(out)
+            Ok::<_, Error>(list.items.into_iter().map(|o| (resource.clone(), o)).collect())
+        });
+        Ok(futures_util::future::try_join_all(lists).await?.into_iter().flatten().collect())
     }
 
     /// This step's objects in the cluster that its manifests no longer name: to prune.
@@ -222,6 +237,61 @@ impl K8sApply {
             .patch(&obj.name, &params, &Patch::Apply(&obj.body))
             .await
             .map_err(|e| api_error(&format!("applying {}", obj.id()), e))
+    }
+
+    /// One object against the cluster: missing, as applied, changed by the lab, or drifted;
+    /// for a Deployment also its rollout, revision and restarts.
+    async fn observe_object(&self, ctx: &StepCtx<'_>, ns: &str, obj: &Object, ns_exists: bool) -> Result<Seen> {
+        let (client, _) = self.kube.client().await?;
+        let api = self.api(client, &obj.resource, obj.namespaced, ns);
+        let live = if ns_exists { api.get_opt(&obj.name).await.map_err(|e| api_error("reading", e))? } else { None };
+        let Some(live) = live else {
+            return Ok(Seen { details: Vec::new(), verdict: Verdict::Change("create") });
+        };
+        if !ctx.ownership.owns(&live.metadata.labels.clone().unwrap_or_default().into_iter().collect()) {
+            return Err(Error::not_ours(
+                &format!("{} in namespace {ns}", obj.id()),
+                &ctx.ownership.owner,
+                "delete it, or pick another namespace",
+            ));
+        }
+        let mut details = Vec::new();
+        if obj.kind == "Deployment" {
+            let d: Deployment = serde_json::from_value(serde_json::to_value(&live).expect("json"))
+                .map_err(|e| Error::backend(e.to_string()))?;
+            let (_, rollout) = Self::rolled_out(&d);
+            let revision =
+                live.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).cloned();
+            details.push((obj.id(), format!("{rollout}, revision {}", revision.unwrap_or_default())));
+            let pods = Api::<Pod>::namespaced(client.clone(), ns)
+                .list(&ListParams::default().labels(&pod_selector(&d)))
+                .await
+                .map_err(|e| api_error("listing pods", e))?;
+            let restarts: i32 = pods
+                .items
+                .iter()
+                .flat_map(|p| p.status.clone().unwrap_or_default().container_statuses.unwrap_or_default())
+                .map(|c| c.restart_count)
+                .sum();
+            details.push(("restarts".into(), restarts.to_string()));
+        }
+        let applied_same = live.metadata.annotations.as_ref().and_then(|a| a.get(APPLIED))
+            == obj
+                .body
+                .pointer(&format!("/metadata/annotations/{}", APPLIED.replace('/', "~1")))
+                .and_then(Value::as_str)
+                .map(String::from)
+                .as_ref();
+        let verdict = match self.apply_one(ctx, ns, obj, true).await {
+            Ok(dry) if comparable(&dry) == comparable(&live) => Verdict::Same,
+            Ok(_) if applied_same => Verdict::Drift("changed behind labctl's back".into()),
+            Ok(_) => Verdict::Change("update"),
+            Err(e) if matches!(e.root(), Error::Backend { hint: Some(h), .. } if h.contains("force-conflicts")) => {
+                Verdict::Drift("fields taken by another manager: `up --force-conflicts` takes them back".into())
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Seen { details, verdict })
     }
 
     /// Pods behind a label selector, with a one-line account of why each is not ready.
@@ -373,73 +443,22 @@ impl StepKind for K8sApply {
             return Ok(Observation::absent(format!("create namespace {ns} and apply {}", config.manifests)));
         }
         let objects = self.objects(ctx, &config).await?;
-        let (client, _) = self.kube.client().await?;
         let mut changes = Vec::new();
         let mut drifted = Vec::new();
         let mut details = vec![("namespace".to_string(), ns.clone())];
-        for obj in &objects {
-            let api = self.api(client, &obj.resource, obj.namespaced, ns);
-            let live = if namespace.is_some() {
-                api.get_opt(&obj.name).await.map_err(|e| api_error("reading", e))?
-            } else {
-                None
-            };
-            let Some(live) = live else {
-                changes.push(format!("create {}", obj.id()));
-                continue;
-            };
-            if !ctx.ownership.owns(&live.metadata.labels.clone().unwrap_or_default().into_iter().collect()) {
-                return Err(Error::not_ours(
-                    &format!("{} in namespace {ns}", obj.id()),
-                    &ctx.ownership.owner,
-                    "delete it, or pick another namespace",
-                ));
-            }
-            if obj.kind == "Deployment" {
-                let d: Deployment = serde_json::from_value(serde_json::to_value(&live).expect("json"))
-                    .map_err(|e| Error::backend(e.to_string()))?;
-                let (_, rollout) = Self::rolled_out(&d);
-                let revision = live
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get("deployment.kubernetes.io/revision"))
-                    .cloned();
-                details.push((obj.id(), format!("{rollout}, revision {}", revision.unwrap_or_default())));
-                let selector = pod_selector(&d);
-                let pods = Api::<Pod>::namespaced(client.clone(), ns)
-                    .list(&ListParams::default().labels(&selector))
-                    .await
-                    .map_err(|e| api_error("listing pods", e))?;
-                let restarts: i32 = pods
-                    .items
-                    .iter()
-                    .flat_map(|p| p.status.clone().unwrap_or_default().container_statuses.unwrap_or_default())
-                    .map(|c| c.restart_count)
-                    .sum();
-                details.push(("restarts".into(), restarts.to_string()));
-            }
-            let applied_same = live.metadata.annotations.as_ref().and_then(|a| a.get(APPLIED))
-                == obj
-                    .body
-                    .pointer(&format!("/metadata/annotations/{}", APPLIED.replace('/', "~1")))
-                    .and_then(Value::as_str)
-                    .map(String::from)
-                    .as_ref();
-            match self.apply_one(ctx, ns, obj, true).await {
-                Ok(dry) if comparable(&dry) == comparable(&live) => {}
-                Ok(_) if applied_same => drifted.push(format!("{} (changed behind labctl's back)", obj.id())),
-                Ok(_) => changes.push(format!("update {}", obj.id())),
-                Err(e) if matches!(e.root(), Error::Backend { hint: Some(h), .. } if h.contains("force-conflicts")) => {
-                    drifted.push(format!(
-                        "{} (fields taken by another manager: `up --force-conflicts` takes them back)",
-                        obj.id()
-                    ))
-                }
-                Err(e) => return Err(e),
+        // Every object and the prune listing at once: each is a few independent reads.
+        let each = objects.iter().map(|obj| self.observe_object(ctx, ns, obj, namespace.is_some()));
+        let (seen, strays) =
+            tokio::try_join!(futures_util::future::try_join_all(each), self.strays(ctx, &objects))?;
+        for (obj, seen) in objects.iter().zip(seen) {
+            details.extend(seen.details);
+            match seen.verdict {
+                Verdict::Same => {}
+                Verdict::Change(what) => changes.push(format!("{what} {}", obj.id())),
+                Verdict::Drift(why) => drifted.push(format!("{} ({why})", obj.id())),
             }
         }
-        for (resource, live) in self.strays(ctx, &objects).await? {
+        for (resource, live) in strays {
             changes.push(format!("prune {}/{}", resource.kind.to_lowercase(), live.metadata.name.unwrap_or_default()));
         }
         let outputs = outputs(ns, &objects);

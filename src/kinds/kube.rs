@@ -2,12 +2,15 @@
 //! the profile's `kube.context` like `kubectl --context`), and API discovery for applying any
 //! manifest as a dynamic object.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use kube::core::GroupVersion;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+use kube::discovery::{ApiGroup, ApiResource, Scope, pinned_group};
 use kube::{Client, Config};
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::config::KubeSettings;
 use crate::error::{Error, Result};
@@ -16,7 +19,9 @@ use crate::step::Diagnosis;
 pub struct KubeBackend {
     settings: KubeSettings,
     client: OnceCell<(Client, String)>,
-    discovery: OnceCell<Discovery>,
+    /// What each group version serves, asked once per run and only for the group versions a
+    /// lab uses (a full discovery asks every group the server has: ~25 requests on 1.20).
+    discovery: Mutex<HashMap<String, Arc<OnceCell<Option<ApiGroup>>>>>,
 }
 
 const START_HINT: &str = "point KUBECONFIG (or the profile's `kube.kubeconfig` / `kube.context`) at a running cluster; \
@@ -24,7 +29,7 @@ in a labctl checkout `testenv/k8s.sh up` starts a local one (KUBECONFIG=/var/lib
 
 impl KubeBackend {
     pub fn new(settings: KubeSettings) -> Self {
-        KubeBackend { settings, client: OnceCell::new(), discovery: OnceCell::new() }
+        KubeBackend { settings, client: OnceCell::new(), discovery: Mutex::default() }
     }
 
     pub fn kind_cluster(&self) -> Option<&str> {
@@ -69,25 +74,34 @@ impl KubeBackend {
         Ok((client, server.as_str()))
     }
 
-    /// What the server serves (group, version, kind → resource), discovered once per run.
-    /// `Discovery::run`, not the aggregated variant: API servers before 1.26 lack it.
+    /// The resource behind (apiVersion, kind) and whether it is namespaced. Each group version
+    /// is discovered once per run (its resource list, as `kubectl` does per group version);
+    /// concurrent callers share the one request.
     pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
         let (client, _) = self.client().await?;
-        let discovery = self
-            .discovery
+        let cell = self.discovery.lock().await.entry(api_version.to_string()).or_default().clone();
+        let group = cell
             .get_or_try_init(|| async {
-                Discovery::new(client.clone()).run().await.map_err(|e| Error::backend(format!("API discovery: {e}")))
+                let gv: GroupVersion = api_version
+                    .parse()
+                    .map_err(|e| Error::backend(format!("apiVersion {api_version:?} is not group/version: {e}")))?;
+                match pinned_group(client, &gv).await {
+                    Ok(group) => Ok(Some(group)),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                    Err(e) => Err(Error::backend(format!("API discovery of {api_version}: {e}"))),
+                }
             })
             .await?;
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-        let (resource, caps): (ApiResource, ApiCapabilities) =
-            discovery.resolve_gvk(&gvk).ok_or_else(|| Error::Backend {
+        let (_, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        group
+            .as_ref()
+            .and_then(|g| g.versioned_resources(version).into_iter().find(|(r, _)| r.kind == kind))
+            .map(|(resource, caps)| (resource, caps.scope == Scope::Namespaced))
+            .ok_or_else(|| Error::Backend {
                 message: format!("the cluster does not serve {kind} in {api_version}"),
                 detail: None,
                 hint: Some("check `apiVersion`/`kind` in the manifest against `kubectl api-resources`".into()),
-            })?;
-        Ok((resource, caps.scope == Scope::Namespaced))
+            })
     }
 
     pub async fn diagnose(&self) -> Diagnosis {
