@@ -161,7 +161,8 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await; // never closes in time
             drop(server);
         });
-        let r = tokio::time::timeout(Duration::from_secs(2), exchange(client, "x", "/")).await.expect("no wait for EOF");
+        let r =
+            tokio::time::timeout(Duration::from_secs(2), exchange(client, "x", "/")).await.expect("no wait for EOF");
         assert_eq!((r.unwrap().body.as_str(), complete(b"HTTP/1.0 200 OK\r\n\r\n")), ("Hello, World!", false));
     }
 }

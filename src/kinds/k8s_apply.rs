@@ -448,8 +448,7 @@ impl StepKind for K8sApply {
         let mut details = vec![("namespace".to_string(), ns.clone())];
         // Every object and the prune listing at once: each is a few independent reads.
         let each = objects.iter().map(|obj| self.observe_object(ctx, ns, obj, namespace.is_some()));
-        let (seen, strays) =
-            tokio::try_join!(futures_util::future::try_join_all(each), self.strays(ctx, &objects))?;
+        let (seen, strays) = tokio::try_join!(futures_util::future::try_join_all(each), self.strays(ctx, &objects))?;
         for (obj, seen) in objects.iter().zip(seen) {
             details.extend(seen.details);
             match seen.verdict {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::core::GroupVersion;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersion;
 use kube::discovery::{ApiGroup, ApiResource, Scope, pinned_group};
 use kube::{Client, Config};
 use tokio::sync::{Mutex, OnceCell};
