@@ -18,8 +18,8 @@ trap 'rm -rf "$WORK"' EXIT
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-2 AWS_EC2_METADATA_DISABLED=true
 
 testenv/up.sh localstack >/dev/null
-cargo build -q
-LABCTL="$CARGO_TARGET_DIR/debug/labctl"
+cargo build -q --release
+LABCTL="$CARGO_TARGET_DIR/release/labctl"
 labctl() { "$LABCTL" -q --yes --profile localstack --owner bench --state-dir "$WORK/state" "$@"; }
 
 # The same user-data labctl sends (rendered with the lab's defaults).
@@ -94,7 +94,7 @@ out=bench/RESULTS-td1.md
   echo
   echo "Command: \`bench/td1.sh\` (ROUNDS=$ROUNDS, medians in seconds, all tools in one run against the same"
   echo "LocalStack $(curl -s $ENDPOINT/_localstack/info | python3 -c 'import json,sys; print(json.load(sys.stdin).get("version",""))' 2>/dev/null);"
-  echo "$(aws --version 2>&1 | cut -d' ' -f1)${TF:+, $("$TF" version | head -1)}; labctl dev-profile build; $(date -u +%Y-%m-%d))."
+  echo "$(aws --version 2>&1 | cut -d' ' -f1)${TF:+, $("$TF" version | head -1)}; labctl release build; $(date -u +%Y-%m-%d))."
   echo "Each 'up' = AMI lookup + security group + HTTP rule + key pair + t3.micro instance with user-data, waited until running."
   echo
   echo "| | labctl | aws CLI | labctl / aws CLI |${TF:+ terraform | labctl / terraform |}"

@@ -20,8 +20,8 @@ STATE=$(mktemp -d)
 trap 'rm -rf "$STATE"; docker rmi bench/cache-anchor >/dev/null 2>&1 || true' EXIT
 
 testenv/up.sh >/dev/null
-cargo build -q
-LABCTL="$CARGO_TARGET_DIR/debug/labctl"
+cargo build -q --release
+LABCTL="$CARGO_TARGET_DIR/release/labctl"
 labctl() { "$LABCTL" -q --yes --owner "$OWNER" --state-dir "$STATE" -p "port=$PORT_L" -p "base_image=$BASE" "$@"; }
 
 manual_up() {
@@ -65,8 +65,8 @@ out=bench/RESULTS-td4.md
   echo "# TD4 benchmark: labctl vs docker CLI by hand"
   echo
   echo "Command: \`bench/td4.sh\` (ROUNDS=$ROUNDS, medians in seconds, both sides alternating in one run,"
-  echo "same engine, same warm layer cache pinned by an anchor image; labctl is the dev-profile"
-  echo "build the tests use)."
+  echo "same engine, same warm layer cache pinned by an anchor image; labctl is the"
+  echo "release build)."
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, Docker engine $(docker version -f '{{.Server.Version}}'), $(date -u +%Y-%m-%d)."
   echo
   echo "| scenario | labctl | by hand | labctl / by hand |"

