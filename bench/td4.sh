@@ -39,9 +39,6 @@ manual_down() {
   docker rmi bench/sample-app:v4 >/dev/null
 }
 
-# Seconds taken by a command.
-
-
 # Warm the layer cache once (npm ci runs here) and pin it with a tagged anchor image, so that
 # neither side's clean-up prunes the layers the other reuses: every round compares warm builds.
 DOCKER_BUILDKIT=0 docker build -q -t bench/cache-anchor --build-arg "BASE_IMAGE=$BASE" apps/sample-app >/dev/null 2>&1
