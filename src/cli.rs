@@ -112,8 +112,56 @@ Examples:
 Exit codes: 0 ok, 1 error, 2 changes pending or drift, 3 verify failed, 130 interrupted.
 Every option can also be set as LABCTL_<OPTION> (e.g. LABCTL_OWNER=alice).";
 
-/// The full command: fixed subcommands plus one per lab (name, title).
-pub fn command(labs: &[(String, String)]) -> Command {
+/// What `labctl <lab> --help` tells of a lab, read leniently from its spec (a broken spec
+/// still gets a subcommand; the real parse reports it when the lab runs).
+pub struct LabHelp {
+    pub name: String,
+    pub title: String,
+    pub description: String,
+    /// Parameter names and their defaults, in spec order.
+    pub params: Vec<(String, String)>,
+}
+
+impl LabHelp {
+    pub fn from_spec(name: &str, text: &str) -> LabHelp {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct View {
+            title: String,
+            description: String,
+            params: indexmap::IndexMap<String, serde_json::Value>,
+        }
+        let view: View = serde_saphyr::from_str(text).unwrap_or_default();
+        let params = view
+            .params
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().map(String::from).unwrap_or_else(|| v.to_string())))
+            .collect();
+        LabHelp { name: name.into(), title: view.title, description: view.description.trim().into(), params }
+    }
+
+    fn after_help(&self) -> String {
+        let name = &self.name;
+        let mut out = String::new();
+        if !self.description.is_empty() {
+            out.push_str(&self.description);
+            out.push_str("\n\n");
+        }
+        if !self.params.is_empty() {
+            out.push_str("Parameters (override with -p KEY=VALUE, repeatable; defaults shown):\n");
+            let width = self.params.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+            for (k, v) in &self.params {
+                out.push_str(&format!("  {k:width$}  {v}\n"));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!("Example: labctl {name} up && labctl {name} status && labctl {name} down"));
+        out
+    }
+}
+
+/// The full command: fixed subcommands plus one per lab.
+pub fn command(labs: &[LabHelp]) -> Command {
     let mut cmd = Command::new("labctl")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Run the DevOps course's labs as reproducible, idempotent step sets")
@@ -130,11 +178,11 @@ pub fn command(labs: &[(String, String)]) -> Command {
                 .arg(clap::Arg::new("shell").required(true).value_parser(clap::value_parser!(clap_complete::Shell))),
         );
     cmd = GlobalArgs::augment_args(cmd);
-    for (name, title) in labs {
-        let lab = Command::new(name.clone())
-            .about(title.clone())
+    for lab in labs {
+        let lab = Command::new(lab.name.clone())
+            .about(lab.title.clone())
             .subcommand_required(true)
-            .after_help(format!("Example: labctl {name} up && labctl {name} status && labctl {name} down"));
+            .after_help(lab.after_help());
         cmd = cmd.subcommand(LabAction::augment_subcommands(lab));
     }
     cmd

@@ -53,11 +53,11 @@ fn prescan_labs_dir(args: &[OsString]) -> Option<PathBuf> {
 async fn run(args: Vec<OsString>) -> i32 {
     let fallback = Printer::new(false, Verbosity::Normal);
     // A broken labs dir must not hide `--help`; the real load below reports it.
-    let titles: Vec<(String, String)> = Catalog::load(prescan_labs_dir(&args).as_deref())
+    let labs: Vec<cli::LabHelp> = Catalog::load(prescan_labs_dir(&args).as_deref())
         .or_else(|_| Catalog::load(None))
-        .map(|c| c.entries().map(|e| (e.name.clone(), lab_title(&e.text))).collect())
+        .map(|c| c.entries().map(|e| cli::LabHelp::from_spec(&e.name, &e.text)).collect())
         .unwrap_or_default();
-    let matches = match cli::command(&titles).try_get_matches_from(&args) {
+    let matches = match cli::command(&labs).try_get_matches_from(&args) {
         Ok(m) => m,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
@@ -104,7 +104,7 @@ async fn run(args: Vec<OsString>) -> i32 {
         "completions" => {
             let shell = *sub.get_one::<clap_complete::Shell>("shell").expect("required");
             let mut out = Vec::new();
-            clap_complete::generate(shell, &mut cli::command(&titles), "labctl", &mut out);
+            clap_complete::generate(shell, &mut cli::command(&labs), "labctl", &mut out);
             printer.raw(&String::from_utf8_lossy(&out));
             Ok(0)
         }
@@ -124,12 +124,4 @@ async fn run(args: Vec<OsString>) -> i32 {
             e.exit_code()
         }
     }
-}
-
-/// The `title:` line of a spec, for `--help`, without a full parse.
-fn lab_title(text: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix("title:"))
-        .map(|t| t.trim().trim_matches('"').to_string())
-        .unwrap_or_default()
 }

@@ -6,7 +6,14 @@ use crate::support::*;
 fn help_teaches_with_examples_and_lists_the_labs() {
     let help = Labctl::new().arg("--help").run().success();
     assert!(help.stdout.contains("Examples:") && help.stdout.contains("td4") && help.stdout.contains("Exit codes"));
-    Labctl::new().args(["td4", "--help"]).run().success().stdout_has("plan").stdout_has("down");
+    Labctl::new()
+        .args(["td4", "--help"])
+        .run()
+        .success()
+        .stdout_has("plan")
+        .stdout_has("down")
+        .stdout_has("Parameters (override with -p KEY=VALUE")
+        .stdout_has("  port        8080\n");
     Labctl::new().args(["completions", "bash"]).run().success().stdout_has("td4");
 }
 
