@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
@@ -256,15 +256,10 @@ impl K8sApply {
             ));
         }
         let mut details = Vec::new();
-        if obj.kind == "Deployment" {
-            let d: Deployment = serde_json::from_value(serde_json::to_value(&live).expect("json"))
-                .map_err(|e| Error::backend(e.to_string()))?;
-            let (_, rollout) = Self::rolled_out(&d);
-            let revision =
-                live.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).cloned();
-            details.push((obj.id(), format!("{rollout}, revision {}", revision.unwrap_or_default())));
+        if let Some(rollout) = Rollout::of(&obj.kind, &live)? {
+            details.push((obj.id(), format!("{}, revision {}", rollout.progress, rollout.revision)));
             let pods = Api::<Pod>::namespaced(client.clone(), ns)
-                .list(&ListParams::default().labels(&pod_selector(&d)))
+                .list(&ListParams::default().labels(&rollout.selector))
                 .await
                 .map_err(|e| api_error("listing pods", e))?;
             let restarts: i32 = pods
@@ -343,12 +338,44 @@ impl K8sApply {
             .rfind(|e| e.type_.as_deref() == Some("Warning"))
             .map(|e| format!("— {}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default().trim()))
     }
+}
 
-    /// The strict rollout check `kubectl rollout status` uses: the controller has seen the
-    /// newest spec and every replica is updated, ready and available.
-    fn rolled_out(d: &Deployment) -> (bool, String) {
+/// `k=v,k2=v2`, as list calls take it.
+fn label_selector(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Where a workload's rollout stands, read like `kubectl rollout status` but strictly: the
+/// stock checks return at once after a re-apply, before the controller has seen it.
+#[derive(Debug)]
+struct Rollout {
+    done: bool,
+    progress: String,
+    revision: String,
+    /// The label selector of its pods.
+    selector: String,
+}
+
+impl Rollout {
+    const KINDS: [&str; 2] = ["Deployment", "StatefulSet"];
+
+    /// `None` for kinds that do not roll out.
+    fn of(kind: &str, live: &DynamicObject) -> Result<Option<Rollout>> {
+        fn typed<T: serde::de::DeserializeOwned>(live: &DynamicObject) -> Result<T> {
+            serde_json::from_value(serde_json::to_value(live).expect("json")).map_err(|e| Error::backend(e.to_string()))
+        }
+        Ok(match kind {
+            "Deployment" => Some(Self::deployment(&typed(live)?)),
+            "StatefulSet" => Some(Self::stateful_set(&typed(live)?)),
+            _ => None,
+        })
+    }
+
+    /// observedGeneration ≥ generation and updated = ready = available = total = desired.
+    fn deployment(d: &Deployment) -> Rollout {
         let generation = d.metadata.generation.unwrap_or(0);
-        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let spec = d.spec.clone().unwrap_or_default();
+        let desired = spec.replicas.unwrap_or(1);
         let s = d.status.clone().unwrap_or_default();
         let (updated, ready, available) =
             (s.updated_replicas.unwrap_or(0), s.ready_replicas.unwrap_or(0), s.available_replicas.unwrap_or(0));
@@ -358,18 +385,40 @@ impl K8sApply {
             && ready == desired
             && available == desired
             && total == desired;
-        (done, format!("{ready}/{desired} ready, {updated} updated, {available} available, {total} total"))
+        let revision = d.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision"));
+        Rollout {
+            done,
+            progress: format!("{ready}/{desired} ready, {updated} updated, {available} available, {total} total"),
+            revision: revision.cloned().unwrap_or_default(),
+            selector: label_selector(&spec.selector.match_labels.unwrap_or_default()),
+        }
     }
-}
 
-/// `k=v,k2=v2`, as list calls take it.
-fn label_selector(labels: &BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-}
-
-/// The selector of a deployment's pods.
-fn pod_selector(d: &Deployment) -> String {
-    label_selector(&d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default())
+    /// observedGeneration ≥ generation, ready = total = desired, and with a rolling update the
+    /// pods above the partition updated (and, without a partition, the update revision current).
+    /// With `OnDelete` there is no rollout to wait for: ready pods are all there is.
+    fn stateful_set(set: &StatefulSet) -> Rollout {
+        let generation = set.metadata.generation.unwrap_or(0);
+        let spec = set.spec.clone().unwrap_or_default();
+        let desired = spec.replicas.unwrap_or(1);
+        let strategy = spec.update_strategy.unwrap_or_default();
+        let rolling = strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate";
+        let partition = strategy.rolling_update.and_then(|r| r.partition).unwrap_or(0);
+        let s = set.status.clone().unwrap_or_default();
+        let (ready, updated, total) = (s.ready_replicas.unwrap_or(0), s.updated_replicas.unwrap_or(0), s.replicas);
+        let revision = s.update_revision.clone().unwrap_or_default();
+        let done = s.observed_generation.unwrap_or(0) >= generation
+            && ready == desired
+            && total == desired
+            && (!rolling
+                || (updated >= desired - partition && (partition > 0 || s.current_revision == s.update_revision)));
+        Rollout {
+            done,
+            progress: format!("{ready}/{desired} ready, {updated} updated, {total} total"),
+            revision,
+            selector: label_selector(&spec.selector.match_labels.unwrap_or_default()),
+        }
+    }
 }
 
 /// What the step reports: its namespace and the objects it applied.
@@ -515,16 +564,15 @@ impl StepKind for K8sApply {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
         let (client, _) = self.kube.client().await?;
         let deadline = Instant::now() + Duration::from_secs(config.timeout);
-        let api = Api::<Deployment>::namespaced(client.clone(), &config.namespace);
-        for obj in self.objects(ctx, &config).await?.iter().filter(|o| o.kind == "Deployment") {
+        for obj in self.objects(ctx, &config).await?.iter().filter(|o| Rollout::KINDS.contains(&o.kind.as_str())) {
+            let api = self.api(client, &obj.resource, obj.namespaced, &config.namespace);
             let mut last_progress: Option<String> = None;
             loop {
-                let d = api.get(&obj.name).await.map_err(|e| api_error("reading the deployment", e))?;
-                let (done, progress) = Self::rolled_out(&d);
+                let live = api.get(&obj.name).await.map_err(|e| api_error(&format!("reading {}", obj.id()), e))?;
+                let Some(Rollout { done, progress, selector, .. }) = Rollout::of(&obj.kind, &live)? else { break };
                 if done {
                     break;
                 }
-                let selector = pod_selector(&d);
                 let (problems, fatal) = self.pod_problems(&config.namespace, &selector).await?;
                 if fatal || Instant::now() >= deadline {
                     let why = if fatal {
@@ -556,12 +604,14 @@ impl StepKind for K8sApply {
         let ns = &config.namespace;
         let mut checks = Vec::new();
         let objects = self.objects(ctx, &config).await?;
-        for obj in objects.iter().filter(|o| o.kind == "Deployment") {
-            let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        for obj in objects.iter().filter(|o| Rollout::KINDS.contains(&o.kind.as_str())) {
+            let live = self
+                .api(client, &obj.resource, obj.namespaced, ns)
                 .get_opt(&obj.name)
                 .await
                 .map_err(|e| api_error("reading", e))?;
-            let (ok, detail) = d.as_ref().map(Self::rolled_out).unwrap_or((false, "missing".into()));
+            let rollout = live.map(|l| Rollout::of(&obj.kind, &l)).transpose()?.flatten();
+            let (ok, detail) = rollout.map(|r| (r.done, r.progress)).unwrap_or((false, "missing".into()));
             checks.push(CheckResult { name: format!("{} is rolled out", obj.id()), ok, detail });
         }
         let Some(check) = &config.check else { return Ok(checks) };
@@ -718,5 +768,72 @@ impl K8sApply {
             .map_err(|_| "no answer through the port-forward within 10s".to_string())?;
         drop(forward);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(body: Value) -> DynamicObject {
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn deployment(generation: i64, observed: i64, replicas: i32, updated: i32, ready: i32) -> DynamicObject {
+        live(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "generation": generation,
+                         "annotations": {"deployment.kubernetes.io/revision": "2"}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "x"}}, "template": {}},
+            "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated,
+                       "readyReplicas": ready, "availableReplicas": ready}
+        }))
+    }
+
+    fn stateful_set(strategy: Value, status: Value) -> DynamicObject {
+        live(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "db", "generation": 2},
+            "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                     "template": {}, "updateStrategy": strategy},
+            "status": status
+        }))
+    }
+
+    #[test]
+    fn a_deployment_is_done_only_when_the_controller_saw_the_spec_and_every_replica_is_new_and_ready() {
+        let done = Rollout::of("Deployment", &deployment(2, 2, 3, 3, 3)).unwrap().unwrap();
+        assert!(done.done, "{done:?}");
+        assert_eq!((done.revision.as_str(), done.selector.as_str()), ("2", "app=x"));
+        // Right after a re-apply: the old status still looks complete.
+        assert!(!Rollout::of("Deployment", &deployment(3, 2, 3, 3, 3)).unwrap().unwrap().done);
+        // Surge: a new pod on top of the old ones.
+        assert!(!Rollout::of("Deployment", &deployment(2, 2, 4, 1, 3)).unwrap().unwrap().done);
+        assert!(
+            Rollout::of("Service", &live(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}})))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_stateful_set_waits_for_the_update_revision_unless_partitioned_or_on_delete() {
+        let status = |ready: i32, updated: i32, current: &str| {
+            json!({"observedGeneration": 2, "replicas": 2, "readyReplicas": ready, "updatedReplicas": updated,
+                   "currentRevision": current, "updateRevision": "db-new"})
+        };
+        let rolling = json!({"type": "RollingUpdate"});
+        let done = Rollout::of("StatefulSet", &stateful_set(rolling.clone(), status(2, 2, "db-new"))).unwrap().unwrap();
+        assert!(done.done && done.revision == "db-new" && done.selector == "app=db", "{done:?}");
+        // Ready, but still on the old revision: the rolling update is under way.
+        assert!(
+            !Rollout::of("StatefulSet", &stateful_set(rolling.clone(), status(2, 1, "db-old"))).unwrap().unwrap().done
+        );
+        assert!(!Rollout::of("StatefulSet", &stateful_set(rolling, status(1, 2, "db-new"))).unwrap().unwrap().done);
+        // A partition of 1: only the pod above it is updated, and that is the whole rollout.
+        let partitioned = json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 1}});
+        assert!(Rollout::of("StatefulSet", &stateful_set(partitioned, status(2, 1, "db-old"))).unwrap().unwrap().done);
+        let on_delete = json!({"type": "OnDelete"});
+        assert!(Rollout::of("StatefulSet", &stateful_set(on_delete, status(2, 0, "db-old"))).unwrap().unwrap().done);
     }
 }

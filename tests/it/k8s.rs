@@ -1,6 +1,6 @@
 //! The test cluster's own view (kube-rs, with the kubeconfig testenv/k8s.sh wrote).
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -22,12 +22,15 @@ fn owner(owner: &str) -> ListParams {
     ListParams::default().labels(&format!("labctl.owner={owner}"))
 }
 
-/// Names of every object labelled with this owner (deployments, services, namespaces).
+/// Names of every object labelled with this owner (deployments, stateful sets, services, namespaces).
 pub fn objects_of(o: &str) -> Vec<String> {
     kube(async |c| {
         let mut out = Vec::new();
         for d in Api::<Deployment>::all(c.clone()).list(&owner(o)).await.unwrap() {
             out.push(format!("deployment/{}", d.metadata.name.unwrap_or_default()));
+        }
+        for s in Api::<StatefulSet>::all(c.clone()).list(&owner(o)).await.unwrap() {
+            out.push(format!("statefulset/{}", s.metadata.name.unwrap_or_default()));
         }
         for s in Api::<Service>::all(c.clone()).list(&owner(o)).await.unwrap() {
             out.push(format!("service/{}", s.metadata.name.unwrap_or_default()));

@@ -105,3 +105,64 @@ fn kill_during_the_rollout_wait_then_up_converges() {
     s.labctl().args(["-q", "td6", "down"]).run().success();
     assert!(objects_of(&s.owner).is_empty() && !namespace_exists(&ns));
 }
+
+/// The final project's database is a StatefulSet: `up` waits for its ordered rollout too.
+const STATEFUL_SET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: sample-app-sts
+spec:
+  serviceName: sample-app-sts
+  replicas: {{ replicas }}
+  selector:
+    matchLabels: { app: sample-app-sts }
+  template:
+    metadata:
+      labels: { app: sample-app-sts }
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: app
+          image: {{ image }}
+          imagePullPolicy: Never
+          ports: [{ containerPort: 8080, protocol: TCP }]
+          readinessProbe:
+            httpGet: { path: /, port: 8080 }
+            periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: sample-app-sts
+spec:
+  clusterIP: None
+  selector: { app: sample-app-sts }
+  ports: [{ port: 80, targetPort: 8080, protocol: TCP }]
+"#;
+
+#[test]
+fn a_stateful_set_is_waited_for_on_create_and_on_a_rolling_update() {
+    let mut s = Student::td6("sts");
+    let ns = format!("td6-{}", s.owner);
+    let labs = custom_spec(&mut s, "td6", |spec| spec.replace("manifests: ../manifests/td6", "manifests: ../sts"));
+    let dir = labs.parent().unwrap().join("sts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.yaml"), STATEFUL_SET).unwrap();
+
+    s.labctl().args(["-q", "-p", "replicas=2", "td6", "up"]).run().success();
+    let ready = ready_pods(&ns);
+    assert_eq!(ready.len(), 2, "both ordered pods ready when up returns: {:?}", pods(&ns));
+    assert!(objects_of(&s.owner).contains(&"statefulset/sample-app-sts".to_string()));
+
+    // A new image: the pods are replaced one by one, highest ordinal first; up returns after the last.
+    s.labctl().args(["-q", "-p", "replicas=2", "-p", "tag=v7", "td6", "up"]).run().success();
+    let after = ready_pods(&ns);
+    assert_eq!(after.len(), 2, "{:?}", pods(&ns));
+    assert!(after.iter().all(|p| p.3.ends_with(":v7")), "every pod runs v7 when up returns: {after:?}");
+    s.labctl().args(["-p", "replicas=2", "-p", "tag=v7", "td6", "status"]).run().success().stdout_has("2/2 ready");
+
+    s.labctl().args(["-q", "td6", "down"]).run().success();
+    assert!(objects_of(&s.owner).is_empty(), "{:?}", objects_of(&s.owner));
+    assert!(!namespace_exists(&ns));
+}
