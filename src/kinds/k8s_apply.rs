@@ -240,7 +240,7 @@ impl K8sApply {
     }
 
     /// One object against the cluster: missing, as applied, changed by the lab, or drifted;
-    /// for a Deployment also its rollout, revision and restarts.
+    /// for a Deployment or StatefulSet also its rollout, revision and restarts.
     async fn observe_object(&self, ctx: &StepCtx<'_>, ns: &str, obj: &Object, ns_exists: bool) -> Result<Seen> {
         let (client, _) = self.kube.client().await?;
         let api = self.api(client, &obj.resource, obj.namespaced, ns);
