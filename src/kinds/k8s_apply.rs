@@ -530,6 +530,12 @@ impl StepKind for K8sApply {
         let config: Config = typed_config(desired).map_err(Error::backend)?;
         let ns = &config.namespace;
         let (client, _) = self.kube.client().await?;
+        // Images first: a cluster that cannot get them should not be left with a new namespace.
+        let objects = self.objects(ctx, &config).await?;
+        if let Some(cluster) = self.kube.kind_cluster() {
+            let images: Vec<String> = objects.iter().flat_map(|o| super::kind_load::images_in(&o.body)).collect();
+            super::kind_load::load(&self.docker, ctx, cluster, &images).await?;
+        }
         if self.namespace(ns).await?.is_none() {
             ctx.log(&format!("creating namespace {ns}"));
             let mut n = Namespace::default();
@@ -540,11 +546,6 @@ impl StepKind for K8sApply {
                 .create(&PostParams::default(), &n)
                 .await
                 .map_err(|e| api_error("creating the namespace", e))?;
-        }
-        let objects = self.objects(ctx, &config).await?;
-        if let Some(cluster) = self.kube.kind_cluster() {
-            let images: Vec<String> = objects.iter().flat_map(|o| super::kind_load::images_in(&o.body)).collect();
-            super::kind_load::load(&self.docker, ctx, cluster, &images).await?;
         }
         for obj in &objects {
             ctx.log(&format!("applying {}", obj.id()));

@@ -68,14 +68,26 @@ impl Student {
     /// On kind (the project's GitHub workflow), images are loaded into the nodes: a profile
     /// naming the cluster, from LABCTL_TEST_KIND_CLUSTER.
     pub fn td6(tag: &str) -> Student {
+        match std::env::var("LABCTL_TEST_KIND_CLUSTER") {
+            Ok(cluster) => Student::td6_kind(tag, &cluster),
+            Err(_) => Student::td6_local(tag),
+        }
+    }
+
+    fn td6_local(tag: &str) -> Student {
         let mut s = Student::new_for("td6", tag);
         s.args = vec!["--param".into(), format!("base_image={}", base_image())];
         s.envs = vec![("KUBECONFIG".into(), kubeconfig())];
-        if let Ok(cluster) = std::env::var("LABCTL_TEST_KIND_CLUSTER") {
-            let config = s.state.path().join("kind-config.yaml");
-            std::fs::write(&config, format!("profiles:\n  kind:\n    kube: {{ kind_cluster: {cluster} }}\n")).unwrap();
-            s.args.extend(["--config".into(), config.display().to_string(), "--profile".into(), "kind".into()]);
-        }
+        s
+    }
+
+    /// A TD6 user whose profile names kind cluster `cluster`: labctl loads the images it
+    /// builds into that cluster's node containers before applying.
+    pub fn td6_kind(tag: &str, cluster: &str) -> Student {
+        let mut s = Student::td6_local(tag);
+        let config = s.state.path().join("kind-config.yaml");
+        std::fs::write(&config, format!("profiles:\n  kind:\n    kube: {{ kind_cluster: {cluster} }}\n")).unwrap();
+        s.args.extend(["--config".into(), config.display().to_string(), "--profile".into(), "kind".into()]);
         s
     }
 

@@ -166,3 +166,91 @@ fn a_stateful_set_is_waited_for_on_create_and_on_a_rolling_update() {
     assert!(objects_of(&s.owner).is_empty(), "{:?}", objects_of(&s.owner));
     assert!(!namespace_exists(&ns));
 }
+
+/// A stand-in for a kind node: a container labelled as a node of `cluster` that runs this
+/// machine's containerd (kind nodes are containers running containerd), removed on drop.
+struct KindNode {
+    name: String,
+}
+
+impl KindNode {
+    fn start(cluster: &str) -> KindNode {
+        let name = format!("labctl-test-node-{cluster}");
+        let bin = |b: &str| {
+            let host = format!("/usr/bin/{b}");
+            assert!(std::path::Path::new(&host).exists(), "{host}: containerd comes with the Docker engine");
+            format!("{host}:/usr/local/bin/{b}:ro")
+        };
+        let run = std::process::Command::new("docker")
+            .args(["run", "-d", "--name", &name, "--label", &format!("io.x-k8s.kind.cluster={cluster}")])
+            // containerd mounts its snapshots: the rights for that, and room that is not overlay.
+            .args(["--cap-add", "SYS_ADMIN", "--security-opt", "apparmor=unconfined"])
+            .args([
+                "--security-opt",
+                "seccomp=unconfined",
+                "--tmpfs",
+                "/var/lib/containerd",
+                "--tmpfs",
+                "/run/containerd",
+            ])
+            .args(["-v", &bin("containerd"), "-v", &bin("ctr"), &format!("labctl-test/debian:bookworm"), "containerd"])
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let node = KindNode { name };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while node.ctr(&["version"]).is_none() {
+            assert!(Instant::now() < deadline, "containerd did not start in the node container");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        node
+    }
+
+    /// `ctr` in the node; its stdout when it succeeds.
+    fn ctr(&self, args: &[&str]) -> Option<String> {
+        let out = std::process::Command::new("docker").args(["exec", &self.name, "ctr"]).args(args).output().unwrap();
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for KindNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["rm", "-f", "-v", &self.name]).output();
+    }
+}
+
+#[test]
+fn images_are_loaded_into_the_kind_nodes_containerd_before_the_apply() {
+    if std::env::var("LABCTL_TEST_KIND_CLUSTER").is_ok() {
+        // On a real kind cluster (the GitHub workflow) every TD6 test goes through the loading.
+        return;
+    }
+    let cluster = format!("k{}", std::process::id());
+    let node = KindNode::start(&cluster);
+    let s = Student::td6_kind("kindload", &cluster);
+    // The apply goes to the local cluster (its node shares the engine, so the pods start either way).
+    s.labctl()
+        .args(["-v", "-p", "replicas=1", "td6", "up"])
+        .run()
+        .success()
+        .stdout_has(&format!("loading labctl/{}/sample-app:v6 into kind cluster {cluster}", s.owner));
+    let images = node.ctr(&["--namespace=k8s.io", "images", "ls", "-q"]).unwrap();
+    assert!(
+        images.lines().any(|l| l == format!("docker.io/labctl/{}/sample-app:v6", s.owner)),
+        "the image is in the node's containerd, where the kubelet looks: {images}"
+    );
+    s.labctl().args(["-q", "td6", "down"]).run().success();
+    assert!(objects_of(&s.owner).is_empty());
+
+    // A kind cluster with no node on this engine: a clear error, and no namespace left behind.
+    let nowhere = Student::td6_kind("nokind", &format!("{cluster}-gone"));
+    nowhere
+        .labctl()
+        .args(["-p", "replicas=1", "td6", "up"])
+        .run()
+        .code(1)
+        .stderr_has(&format!("no kind cluster named `{cluster}-gone`"));
+    assert!(!namespace_exists(&format!("td6-{}", nowhere.owner)));
+    nowhere.labctl().args(["-q", "td6", "down"]).run().success();
+    drop(node);
+}
