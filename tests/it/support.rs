@@ -17,6 +17,11 @@ pub fn base_image() -> String {
     std::env::var("LABCTL_TEST_BASE_IMAGE").unwrap_or_else(|_| "labctl-test/node:20-bookworm".into())
 }
 
+/// A plain Debian image made locally by testenv/up.sh (a fresh "machine" for scripts).
+pub fn debian_image() -> String {
+    std::env::var("LABCTL_TEST_DEBIAN_IMAGE").unwrap_or_else(|_| "labctl-test/debian:bookworm".into())
+}
+
 /// One isolated user of labctl for one lab: own owner id, state dir (and host port for TD4).
 pub struct Student {
     pub lab: &'static str,

@@ -182,7 +182,7 @@ fn the_user_data_script_serves_hello_world_in_a_fresh_debian() {
 
     let port = free_port();
     let name = format!("labctl-userdata-{}", s.owner);
-    let image = std::env::var("LABCTL_TEST_DEBIAN_IMAGE").unwrap_or_else(|_| "labctl-test/debian:bookworm".into());
+    let image = debian_image();
     let started = std::process::Command::new("docker")
         .args(["run", "-d", "--rm", "--name", &name, "-p", &format!("127.0.0.1:{port}:80"), "-v"])
         .arg(format!("{}:/var/lib/cloud/instance:ro", dir.path().display()))

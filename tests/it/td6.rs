@@ -193,7 +193,7 @@ impl KindNode {
                 "--tmpfs",
                 "/run/containerd",
             ])
-            .args(["-v", &bin("containerd"), "-v", &bin("ctr"), &format!("labctl-test/debian:bookworm"), "containerd"])
+            .args(["-v", &bin("containerd"), "-v", &bin("ctr"), &debian_image(), "containerd"])
             .output()
             .unwrap();
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
