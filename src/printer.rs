@@ -193,7 +193,7 @@ impl Printer {
             Event::Failed { step, error } => self.human(&format!("  ✗ {step:<10} {error}")),
             Event::Status { step, kind, state, drift, details } => {
                 let mark = if *drift { "!" } else { " " };
-                self.human(&format!("{mark} {step:<10} {kind:<17} {state}"));
+                self.human(&format!("{mark} {step:<10} {kind:<18} {state}"));
                 for (k, v) in details {
                     self.human(&format!("      {k:<12} {v}"));
                 }
