@@ -244,3 +244,32 @@ fn a_same_named_container_that_is_not_ours_is_never_touched() {
     let _ = std::process::Command::new("docker").args(["rm", "-f", &name]).output();
     assert!(still.status.success(), "down removed a container labctl did not make");
 }
+
+#[test]
+fn down_finds_by_label_without_state_and_sweep_takes_what_no_step_claims() {
+    let mut s = Student::new("sweep");
+    // Without its state, `down` still finds everything: by labels, not by our records.
+    s.labctl().args(["-q", "td4", "up"]).run().success();
+    std::fs::remove_dir_all(s.state.path().join("default").join(&s.owner).join("td4")).unwrap();
+    s.labctl().args(["-q", "td4", "down"]).run().success();
+    assert!(containers_of(&s.owner).is_empty() && images_of(&s.owner).is_empty());
+
+    // An older version of the lab called its image step `build`: the current lab has no step
+    // that claims that image, so plain `down` leaves it, and `down --sweep` takes it.
+    custom_spec(&mut s, "td4", |spec| {
+        spec.replace("\n  image:\n", "\n  build:\n").replace("steps.image.", "steps.build.")
+    });
+    s.labctl().args(["-q", "td4", "up"]).run().success();
+    assert_eq!(images_of(&s.owner).len(), 1);
+    s.labs_dir = None;
+    s.labctl().args(["-q", "td4", "down"]).run().success();
+    assert!(containers_of(&s.owner).is_empty(), "the `app` step is in both versions");
+    assert_eq!(images_of(&s.owner).len(), 1, "no current step claims the `build` image");
+    let sweep = s.labctl().args(["--json", "td4", "down", "--sweep"]).run().success();
+    assert!(
+        sweep.events().iter().any(|e| e["event"] == "changed" && e["step"] == "sweep:docker-image"),
+        "{}",
+        sweep.stdout
+    );
+    assert!(images_of(&s.owner).is_empty());
+}
