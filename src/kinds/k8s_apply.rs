@@ -161,7 +161,12 @@ impl K8sApply {
                         i + 1
                     )));
                 };
-                let (resource, namespaced) = self.kube.resolve(&api_version, &kind).await?;
+                let (resource, namespaced) = self.kube.resolve(&api_version, &kind).await.map_err(|e| match e {
+                    Error::Backend { message, detail, hint } => {
+                        Error::Backend { message: format!("{} document {}: {message}", file.path, i + 1), detail, hint }
+                    }
+                    other => other,
+                })?;
                 let mut body = body;
                 let meta = body["metadata"].as_object_mut().expect("metadata is an object: it has a name");
                 if namespaced {
@@ -488,10 +493,12 @@ impl StepKind for K8sApply {
                 )));
             }
         }
+        // Parsed and resolved even when nothing exists yet: a bad manifest fails `plan`, and
+        // `up` before it builds or makes anything.
+        let objects = self.objects(ctx, &config).await?;
         if pending && namespace.is_none() {
             return Ok(Observation::absent(format!("create namespace {ns} and apply {}", config.manifests)));
         }
-        let objects = self.objects(ctx, &config).await?;
         let mut changes = Vec::new();
         let mut drifted = Vec::new();
         let mut details = vec![("namespace".to_string(), ns.clone())];

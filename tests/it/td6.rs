@@ -254,3 +254,27 @@ fn images_are_loaded_into_the_kind_nodes_containerd_before_the_apply() {
     nowhere.labctl().args(["-q", "td6", "down"]).run().success();
     drop(node);
 }
+
+#[test]
+fn a_bad_manifest_fails_before_anything_is_built_or_applied() {
+    let mut s = Student::td6("badmanifest");
+    let ns = format!("td6-{}", s.owner);
+    let labs = custom_spec(&mut s, "td6", |spec| spec.replace("manifests: ../manifests/td6", "manifests: ../bad"));
+    let dir = labs.parent().unwrap().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["deployment.yaml", "service.yaml"] {
+        std::fs::copy(repo().join("manifests/td6").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join("widget.yaml"), "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n")
+        .unwrap();
+    s.labctl()
+        .args(["td6", "up"])
+        .run()
+        .code(1)
+        .stderr_has("widget.yaml document 1: the cluster does not serve Widget in example.com/v1")
+        .stderr_has("kubectl api-resources");
+    std::fs::write(dir.join("widget.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [oops\n").unwrap();
+    s.labctl().args(["td6", "plan"]).run().code(1).stderr_has("widget.yaml document 1").stderr_has("line 4");
+    assert!(images_of(&s.owner).is_empty(), "nothing was built");
+    assert!(!namespace_exists(&ns) && objects_of(&s.owner).is_empty(), "nothing was applied");
+}
