@@ -57,7 +57,17 @@ impl KubeBackend {
                             .map_err(|e| self.unreachable("", format!("reading kubeconfig {}: {e}", path.display())))?;
                         Config::from_custom_kubeconfig(kubeconfig, &options).await
                     }
-                    None => Config::from_kubeconfig(&options).await,
+                    None => {
+                        let env = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
+                        let home = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kube/config"));
+                        if env.is_none() && !home.as_ref().is_some_and(|h| h.exists()) {
+                            return Err(self.unreachable(
+                                "",
+                                "no kubeconfig: KUBECONFIG is not set and ~/.kube/config does not exist".into(),
+                            ));
+                        }
+                        Config::from_kubeconfig(&options).await
+                    }
                 }
                 .map_err(|e| self.unreachable("", format!("no usable kubeconfig: {e}")))?;
                 let server = config.cluster_url.to_string();

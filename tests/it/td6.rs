@@ -278,3 +278,32 @@ fn a_bad_manifest_fails_before_anything_is_built_or_applied() {
     assert!(images_of(&s.owner).is_empty(), "nothing was built");
     assert!(!namespace_exists(&ns) && objects_of(&s.owner).is_empty(), "nothing was applied");
 }
+
+#[test]
+fn no_cluster_is_a_clear_error_and_nothing_is_built() {
+    let s = Student::td6("nocluster");
+    let home = tempfile::tempdir().unwrap();
+    s.labctl()
+        .env("KUBECONFIG", "")
+        .env("HOME", home.path())
+        .args(["td6", "up"])
+        .run()
+        .code(1)
+        .stderr_has("KUBECONFIG is not set and ~/.kube/config does not exist")
+        .stderr_has("testenv/k8s.sh up");
+    // A kubeconfig whose server does not answer (nothing listens on port 1).
+    let dead = home.path().join("dead.yaml");
+    std::fs::write(
+        &dead,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: d, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         contexts: [{name: d, context: {cluster: d, user: u}}]\ncurrent-context: d\nusers: [{name: u, user: {token: x}}]\n",
+    )
+    .unwrap();
+    s.labctl()
+        .env("KUBECONFIG", &dead)
+        .args(["td6", "up"])
+        .run()
+        .code(1)
+        .stderr_has("cannot reach the Kubernetes API at https://127.0.0.1:1/");
+    assert!(images_of(&s.owner).is_empty(), "nothing was built");
+}
