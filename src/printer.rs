@@ -235,7 +235,10 @@ impl Printer {
                 ..
             } => {
                 let mut parts = Vec::new();
-                if command == "plan" {
+                let nothing_counted = changed + unchanged + failed + pending + checks_passed + checks_failed == 0;
+                if !*ok && nothing_counted {
+                    // Stopped before any step ran (the error follows): no counts to show.
+                } else if command == "plan" {
                     parts.push(format!("{pending} to change, {unchanged} unchanged"));
                 } else if command != "verify" && command != "status" {
                     parts.push(format!("{changed} changed, {unchanged} unchanged, {failed} failed"));
