@@ -225,7 +225,9 @@ fn images_are_loaded_into_the_kind_nodes_containerd_before_the_apply() {
         // On a real kind cluster (the GitHub workflow) every TD6 test goes through the loading.
         return;
     }
-    let cluster = format!("k{}", std::process::id());
+    // Unique per run: a node container of an earlier, killed run may still be there.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let cluster = format!("k{}-{nanos}", std::process::id());
     let node = KindNode::start(&cluster);
     let s = Student::td6_kind("kindload", &cluster);
     // The apply goes to the local cluster (its node shares the engine, so the pods start either way).
