@@ -716,7 +716,11 @@ impl StepKind for K8sApply {
     }
 
     async fn diagnose(&self) -> Vec<Diagnosis> {
-        vec![self.kube.diagnose().await]
+        let mut out = vec![self.kube.diagnose().await];
+        if let Some(cluster) = self.kube.kind_cluster() {
+            out.push(super::kind_load::diagnose(&self.docker, cluster).await);
+        }
+        out
     }
 }
 

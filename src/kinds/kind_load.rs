@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::ContainerSummary;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -14,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::docker::{DockerBackend, api_error};
 use crate::error::{Error, Result};
-use crate::step::StepCtx;
+use crate::step::{Diagnosis, StepCtx};
 
 /// Every `image:` of a container in a manifest (pods, pod templates).
 pub fn images_in(body: &Value) -> Vec<String> {
@@ -45,18 +46,46 @@ fn collect(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// The running node containers of kind cluster `cluster` on this engine.
+async fn nodes(docker: &DockerBackend, cluster: &str) -> Result<Vec<ContainerSummary>> {
+    let client = docker.client().await?;
+    let filters = HashMap::from([("label".to_string(), vec![format!("io.x-k8s.kind.cluster={cluster}")])]);
+    client
+        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+        .await
+        .map_err(|e| api_error("listing kind nodes", e))
+}
+
+const NO_CLUSTER_FIX: &str = "check `kind get clusters`, or the profile's `kube.kind_cluster`";
+
+/// For `doctor`: does the profile's kind cluster have nodes here to load images into?
+pub async fn diagnose(docker: &DockerBackend, cluster: &str) -> Diagnosis {
+    let name = "kind nodes".to_string();
+    match nodes(docker, cluster).await {
+        Ok(n) if !n.is_empty() => Diagnosis {
+            name,
+            ok: true,
+            detail: format!("cluster {cluster}: {} node container(s) to load images into", n.len()),
+            fix: None,
+        },
+        Ok(_) => Diagnosis {
+            name,
+            ok: false,
+            detail: format!("no kind cluster named `{cluster}` runs on this Docker engine"),
+            fix: Some(NO_CLUSTER_FIX.into()),
+        },
+        Err(e) => Diagnosis { name, ok: false, detail: e.to_string(), fix: e.hint() },
+    }
+}
+
 /// Loads each image that exists in the local engine into every node of kind cluster `cluster`.
 pub async fn load(docker: &DockerBackend, ctx: &StepCtx<'_>, cluster: &str, images: &[String]) -> Result<()> {
     let client = docker.client().await?;
-    let filters = HashMap::from([("label".to_string(), vec![format!("io.x-k8s.kind.cluster={cluster}")])]);
-    let nodes = client
-        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
-        .await
-        .map_err(|e| api_error("listing kind nodes", e))?;
+    let nodes = nodes(docker, cluster).await?;
     if nodes.is_empty() {
         return Err(Error::usage(
             format!("no kind cluster named `{cluster}` runs on this Docker engine"),
-            "check `kind get clusters`, or the profile's `kube.kind_cluster`",
+            NO_CLUSTER_FIX,
         ));
     }
     for image in images {

@@ -230,6 +230,11 @@ fn images_are_loaded_into_the_kind_nodes_containerd_before_the_apply() {
     let cluster = format!("k{}-{nanos}", std::process::id());
     let node = KindNode::start(&cluster);
     let s = Student::td6_kind("kindload", &cluster);
+    let doctor = s.labctl().arg("doctor").run();
+    assert!(
+        doctor.stdout.contains(&format!("✓ kind nodes         cluster {cluster}: 1 node container(s)")),
+        "{doctor:?}"
+    );
     // The apply goes to the local cluster (its node shares the engine, so the pods start either way).
     s.labctl()
         .args(["-v", "-p", "replicas=1", "td6", "up"])
@@ -253,6 +258,8 @@ fn images_are_loaded_into_the_kind_nodes_containerd_before_the_apply() {
         .code(1)
         .stderr_has(&format!("no kind cluster named `{cluster}-gone`"));
     assert!(!namespace_exists(&format!("td6-{}", nowhere.owner)));
+    let doctor = nowhere.labctl().arg("doctor").run().code(1);
+    assert!(doctor.stdout.contains("✗ kind nodes") && doctor.stdout.contains("kind get clusters"), "{doctor:?}");
     nowhere.labctl().args(["-q", "td6", "down"]).run().success();
     drop(node);
 }
