@@ -89,6 +89,12 @@ struct Object {
     body: Value,
 }
 
+impl Object {
+    fn id(&self) -> String {
+        format!("{}/{}", self.kind.to_lowercase(), self.name)
+    }
+}
+
 /// What `observe` found for one object.
 struct Seen {
     details: Vec<(String, String)>,
@@ -101,12 +107,6 @@ enum Verdict {
     Change(&'static str),
     /// Why it differs from what labctl applied.
     Drift(String),
-}
-
-impl Object {
-    fn id(&self) -> String {
-        format!("{}/{}", self.kind.to_lowercase(), self.name)
-    }
 }
 
 /// The labels every object and the namespace get: ownership, without the run id and input
@@ -140,14 +140,9 @@ impl K8sApply {
                 String::from_utf8(file.contents).map_err(|_| Error::backend(format!("{} is not UTF-8", file.path)))?;
             let text = crate::spec::fill_placeholders(&text, &config.vars, &file.path)?;
             for (i, doc) in split_documents(&text).into_iter().enumerate() {
-                let body: Value = serde_saphyr::from_str(&doc).map_err(|e| {
-                    Error::backend(format!(
-                        "{} document {}: {}",
-                        file.path,
-                        i + 1,
-                        e.to_string().lines().next().unwrap_or_default()
-                    ))
-                })?;
+                let at = |message: &str| format!("{} document {}: {message}", file.path, i + 1);
+                let body: Value = serde_saphyr::from_str(&doc)
+                    .map_err(|e| Error::backend(at(e.to_string().lines().next().unwrap_or_default())))?;
                 if body.is_null() {
                     continue;
                 }
@@ -155,16 +150,10 @@ impl K8sApply {
                 let (Some(api_version), Some(kind), Some(name)) =
                     (field("/apiVersion"), field("/kind"), field("/metadata/name"))
                 else {
-                    return Err(Error::backend(format!(
-                        "{} document {}: apiVersion, kind and metadata.name are required",
-                        file.path,
-                        i + 1
-                    )));
+                    return Err(Error::backend(at("apiVersion, kind and metadata.name are required")));
                 };
                 let (resource, namespaced) = self.kube.resolve(&api_version, &kind).await.map_err(|e| match e {
-                    Error::Backend { message, detail, hint } => {
-                        Error::Backend { message: format!("{} document {}: {message}", file.path, i + 1), detail, hint }
-                    }
+                    Error::Backend { message, detail, hint } => Error::Backend { message: at(&message), detail, hint },
                     other => other,
                 })?;
                 let mut body = body;
@@ -474,7 +463,7 @@ impl StepKind for K8sApply {
 
     fn validate(&self, config: &Value) -> std::result::Result<(), String> {
         let c: Config = typed_config(config)?;
-        if !crate::spec::is_name(&c.namespace) && !c.namespace.contains("known after apply") {
+        if !crate::spec::is_name(&c.namespace) && !c.namespace.contains(crate::spec::PENDING) {
             return Err(format!("field `namespace`: `{}` is not a valid namespace name", c.namespace));
         }
         Ok(())
@@ -516,7 +505,6 @@ impl StepKind for K8sApply {
         for (resource, live) in strays {
             changes.push(format!("prune {}/{}", resource.kind.to_lowercase(), live.metadata.name.unwrap_or_default()));
         }
-        let outputs = outputs(ns, &objects);
         if !drifted.is_empty() {
             details.push(("drift".into(), drifted.join("; ")));
         }
@@ -525,11 +513,9 @@ impl StepKind for K8sApply {
         } else if changes.is_empty() && drifted.is_empty() {
             (Action::None, format!("{} objects in {ns} are as applied", objects.len()))
         } else {
-            let mut all = changes.clone();
-            all.extend(drifted.iter().cloned());
-            (Action::Update, all.join(", "))
+            (Action::Update, changes.iter().chain(&drifted).cloned().collect::<Vec<_>>().join(", "))
         };
-        let outputs = if namespace.is_some() { outputs } else { Outputs::new() };
+        let outputs = if namespace.is_some() { outputs(ns, &objects) } else { Outputs::new() };
         Ok(Observation { action, reason, outputs, details, drift: !drifted.is_empty() })
     }
 
