@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::AwsSettings;
 use crate::error::{Error, Result};
-use crate::step::{Diagnosis, LABEL_MANAGED, LABEL_OWNER, Ownership};
+use crate::step::{Diagnosis, Ownership};
 
 pub struct AwsBackend {
     settings: AwsSettings,
@@ -210,11 +210,6 @@ pub fn owner_filters(ownership: &Ownership, step: Option<&str>) -> Vec<Filter> {
 
 pub fn tags_map(tags: &[Tag]) -> HashMap<String, String> {
     tags.iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect()
-}
-
-/// The resource carries labctl's tags but for another owner (or no labctl tags at all).
-pub fn foreign(ownership: &Ownership, tags: &HashMap<String, String>) -> bool {
-    !ownership.owns(tags) || tags.get(LABEL_MANAGED).is_none() || tags.get(LABEL_OWNER).is_none()
 }
 
 /// Polls `check` every `every` until it returns Some, or fails after `timeout` with the last

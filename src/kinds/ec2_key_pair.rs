@@ -12,7 +12,7 @@ use aws_sdk_ec2::types::{Filter, KeyPairInfo, KeyType, ResourceType};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::aws::{AwsBackend, foreign, owner_filters, tag_spec, tags_map};
+use super::aws::{AwsBackend, owner_filters, tag_spec, tags_map};
 use crate::catalog::typed_config;
 use crate::error::{Error, Result};
 use crate::step::{Action, Diagnosis, Observation, Outputs, StepCtx, StepKind};
@@ -48,7 +48,7 @@ impl Ec2KeyPair {
             .map_err(|e| self.aws.error("describing key pairs", e))?;
         match found.key_pairs().first() {
             None => Ok(None),
-            Some(k) if foreign(ctx.ownership, &tags_map(k.tags())) => {
+            Some(k) if !ctx.ownership.owns(&tags_map(k.tags())) => {
                 Err(Error::not_ours(&format!("a key pair named `{name}`"), &ctx.ownership.owner, "delete or rename it"))
             }
             Some(k) => Ok(Some(k.clone())),
@@ -143,7 +143,7 @@ impl StepKind for Ec2KeyPair {
             .await
             .map_err(|e| self.aws.error("describing key pairs", e))?;
         let mut removed = Vec::new();
-        for k in found.key_pairs().iter().filter(|k| !foreign(ctx.ownership, &tags_map(k.tags()))) {
+        for k in found.key_pairs().iter().filter(|k| ctx.ownership.owns(&tags_map(k.tags()))) {
             let name = k.key_name().unwrap_or_default().to_string();
             client
                 .delete_key_pair()

@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, ResourceType, SecurityGr
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::aws::{AwsBackend, foreign, owner_filters, poll, tag_spec, tags_map};
+use super::aws::{AwsBackend, owner_filters, poll, tag_spec, tags_map};
 use crate::catalog::typed_config;
 use crate::error::{Error, Result};
 use crate::step::{Action, CheckResult, Diagnosis, Observation, Outputs, StepCtx, StepKind};
@@ -93,7 +93,7 @@ impl Ec2SecurityGroup {
             .map_err(|e| self.aws.error("describing security groups", e))?;
         match found.security_groups().first() {
             None => Ok(None),
-            Some(g) if foreign(ctx.ownership, &tags_map(g.tags())) => Err(Error::not_ours(
+            Some(g) if !ctx.ownership.owns(&tags_map(g.tags())) => Err(Error::not_ours(
                 &format!("a security group named `{name}`"),
                 &ctx.ownership.owner,
                 "delete or rename it",
@@ -227,7 +227,7 @@ impl StepKind for Ec2SecurityGroup {
             .await
             .map_err(|e| self.aws.error("describing security groups", e))?;
         let mut removed = Vec::new();
-        for g in found.security_groups().iter().filter(|g| !foreign(ctx.ownership, &tags_map(g.tags()))) {
+        for g in found.security_groups().iter().filter(|g| ctx.ownership.owns(&tags_map(g.tags()))) {
             let id = g.group_id().unwrap_or_default().to_string();
             ctx.log(&format!("deleting security group {id}"));
             // An instance that is still shutting down holds the group: retry until it lets go.
