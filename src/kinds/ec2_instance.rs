@@ -103,6 +103,10 @@ fn state(i: &Instance) -> String {
     i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_else(|| "unknown".into())
 }
 
+fn ids(instances: &[Instance]) -> Vec<String> {
+    instances.iter().filter_map(|i| i.instance_id().map(String::from)).collect()
+}
+
 fn tag<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
     i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
 }
@@ -209,7 +213,7 @@ impl StepKind for Ec2Instance {
             let up = (crate::state::now() as i64 - t.secs()).max(0);
             details.push(("uptime".into(), format!("{}m{:02}s", up / 60, up % 60)));
         }
-        let duplicates: Vec<String> = found[1..].iter().filter_map(|i| i.instance_id().map(String::from)).collect();
+        let duplicates = ids(&found[1..]);
         if !duplicates.is_empty() {
             details.push(("duplicates".into(), duplicates.join(", ")));
         }
@@ -232,8 +236,7 @@ impl StepKind for Ec2Instance {
         let found = self.find(ctx, Some(ctx.step), Some(&config.name)).await?;
         if observed.action == Action::Update {
             let current = found.first().ok_or_else(|| Error::backend("the instance vanished"))?;
-            let extra: Vec<String> = found[1..].iter().filter_map(|i| i.instance_id().map(String::from)).collect();
-            self.terminate(ctx, &extra).await?;
+            self.terminate(ctx, &ids(&found[1..])).await?;
             if matches!(state(current).as_str(), "stopped" | "stopping") {
                 client
                     .start_instances()
@@ -245,8 +248,7 @@ impl StepKind for Ec2Instance {
             return Ok(Self::outputs(current, &config));
         }
         if observed.action == Action::Replace {
-            let old: Vec<String> = found.iter().filter_map(|i| i.instance_id().map(String::from)).collect();
-            self.terminate(ctx, &old).await?;
+            self.terminate(ctx, &ids(&found)).await?;
         }
         let user_data = config.user_data(ctx)?;
         let hash = config.hash(user_data.as_deref());
@@ -399,7 +401,7 @@ impl StepKind for Ec2Instance {
 
     async fn destroy(&self, ctx: &StepCtx<'_>, step: Option<&str>) -> Result<Vec<String>> {
         let found = self.find(ctx, step, None).await?;
-        let ids: Vec<String> = found.iter().filter_map(|i| i.instance_id().map(String::from)).collect();
+        let ids = ids(&found);
         self.terminate(ctx, &ids).await?;
         Ok(ids.into_iter().map(|id| format!("instance {id}")).collect())
     }
