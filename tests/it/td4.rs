@@ -77,8 +77,7 @@ fn two_owners_side_by_side() {
 /// earlier run would finish at once and the test would race past its kill point. The owner
 /// alone is not enough (its pid part repeats across boots), hence the clock.
 fn slow_step(secs: u32, owner: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("RUN sleep {secs} # {owner} {nanos}")
+    format!("RUN sleep {secs} # {owner} {}", unix_now())
 }
 
 #[test]

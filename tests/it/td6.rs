@@ -106,6 +106,14 @@ fn kill_during_the_rollout_wait_then_up_converges() {
     assert!(objects_of(&s.owner).is_empty() && !namespace_exists(&ns));
 }
 
+/// A TD6 lab of the student's own whose manifests are read from the (empty) folder returned.
+fn own_manifests(s: &mut Student) -> std::path::PathBuf {
+    let labs = custom_spec(s, "td6", |spec| spec.replace("manifests: ../manifests/td6", "manifests: ../manifests"));
+    let dir = labs.parent().unwrap().join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The final project's database is a StatefulSet: `up` waits for its ordered rollout too.
 const STATEFUL_SET: &str = r#"
 apiVersion: apps/v1
@@ -145,9 +153,7 @@ spec:
 fn a_stateful_set_is_waited_for_on_create_and_on_a_rolling_update() {
     let mut s = Student::td6("sts");
     let ns = format!("td6-{}", s.owner);
-    let labs = custom_spec(&mut s, "td6", |spec| spec.replace("manifests: ../manifests/td6", "manifests: ../sts"));
-    let dir = labs.parent().unwrap().join("sts");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = own_manifests(&mut s);
     std::fs::write(dir.join("app.yaml"), STATEFUL_SET).unwrap();
 
     s.labctl().args(["-q", "-p", "replicas=2", "td6", "up"]).run().success();
@@ -226,8 +232,7 @@ fn images_are_loaded_into_the_kind_nodes_containerd_before_the_apply() {
         return;
     }
     // Unique per run: a node container of an earlier, killed run may still be there.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let cluster = format!("k{}-{nanos}", std::process::id());
+    let cluster = format!("k{}-{}", std::process::id(), unix_now());
     let node = KindNode::start(&cluster);
     let s = Student::td6_kind("kindload", &cluster);
     let doctor = s.labctl().arg("doctor").run();
@@ -268,9 +273,7 @@ fn images_are_loaded_into_the_kind_nodes_containerd_before_the_apply() {
 fn a_bad_manifest_fails_before_anything_is_built_or_applied() {
     let mut s = Student::td6("badmanifest");
     let ns = format!("td6-{}", s.owner);
-    let labs = custom_spec(&mut s, "td6", |spec| spec.replace("manifests: ../manifests/td6", "manifests: ../bad"));
-    let dir = labs.parent().unwrap().join("bad");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = own_manifests(&mut s);
     for f in ["deployment.yaml", "service.yaml"] {
         std::fs::copy(repo().join("manifests/td6").join(f), dir.join(f)).unwrap();
     }
