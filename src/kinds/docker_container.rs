@@ -185,7 +185,7 @@ impl StepKind for DockerContainer {
         let Some(existing) = self.existing(ctx, &config.name).await? else {
             return Ok(Observation::absent(format!("run {} on {}", config.name, config.published())));
         };
-        let details = vec![
+        let mut details: Vec<(String, String)> = vec![
             ("container".into(), format!("{} {}", config.name, short_id(&existing.id))),
             ("state".into(), existing.state.clone()),
             ("started".into(), existing.started.clone()),
@@ -194,8 +194,7 @@ impl StepKind for DockerContainer {
         ]
         .into_iter()
         .chain(existing.health.clone().map(|h| ("health".to_string(), h)))
-        .collect::<Vec<_>>();
-        let mut details = details;
+        .collect();
         let mut unhealthy = false;
         if let (Some(ready), true) = (&config.ready, existing.running) {
             let probe = match probe::get(&ready.http, Duration::from_secs(3)).await {

@@ -88,19 +88,22 @@ impl Config {
     fn pack(&self, context: &Context, labels: &BTreeMap<String, String>) -> Result<Vec<u8>> {
         let mut builder = tar::Builder::new(Vec::new());
         for f in &context.files {
-            let mut contents = f.contents.clone();
-            if f.path == self.dockerfile {
+            let labelled;
+            let contents: &[u8] = if f.path == self.dockerfile {
                 let pairs: Vec<String> =
                     labels.iter().map(|(k, v)| format!("{k}={}", serde_json::Value::from(v.as_str()))).collect();
-                contents.extend_from_slice(format!("\nLABEL {}\n", pairs.join(" ")).as_bytes());
-            }
+                labelled = [f.contents.as_slice(), format!("\nLABEL {}\n", pairs.join(" ")).as_bytes()].concat();
+                &labelled
+            } else {
+                &f.contents
+            };
             let mut header = tar::Header::new_gnu();
             header.set_size(contents.len() as u64);
             header.set_mode(f.mode);
             header.set_mtime(0);
             header.set_cksum();
             builder
-                .append_data(&mut header, &f.path, contents.as_slice())
+                .append_data(&mut header, &f.path, contents)
                 .map_err(|e| Error::io(format!("packing {}", f.path), e))?;
         }
         builder.into_inner().map_err(|e| Error::io("packing the build context", e))
