@@ -132,11 +132,7 @@ impl LabHelp {
             params: indexmap::IndexMap<String, serde_json::Value>,
         }
         let view: View = serde_saphyr::from_str(text).unwrap_or_default();
-        let params = view
-            .params
-            .into_iter()
-            .map(|(k, v)| (k, v.as_str().map(String::from).unwrap_or_else(|| v.to_string())))
-            .collect();
+        let params = view.params.into_iter().map(|(k, v)| (k, crate::spec::plain(&v))).collect();
         LabHelp { name: name.into(), title: view.title, description: view.description.trim().into(), params }
     }
 

@@ -215,9 +215,7 @@ impl Settings {
         self.profile
             .params
             .get(lab)
-            .map(|m| {
-                m.iter().map(|(k, v)| (k.clone(), v.as_str().map(String::from).unwrap_or(v.to_string()))).collect()
-            })
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), crate::spec::plain(v))).collect())
             .unwrap_or_default()
     }
 }

@@ -207,7 +207,7 @@ impl Printer {
                 if let Some(map) = outputs.as_object().filter(|m| !m.is_empty()) {
                     self.human("outputs:");
                     for (k, v) in map {
-                        self.human(&format!("  {k} = {}", v.as_str().map(String::from).unwrap_or(v.to_string())));
+                        self.human(&format!("  {k} = {}", crate::spec::plain(v)));
                     }
                 }
             }
@@ -340,15 +340,9 @@ impl Drop for Activity<'_> {
 
 fn summarize(outputs: &Value) -> String {
     match outputs.as_object() {
-        Some(map) if !map.is_empty() => map
-            .iter()
-            .map(|(k, v)| {
-                let v = v.as_str().map(String::from).unwrap_or(v.to_string());
-                let v = shorten_id(&v);
-                format!("{k}={v}")
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(map) if !map.is_empty() => {
+            map.iter().map(|(k, v)| format!("{k}={}", shorten_id(&crate::spec::plain(v)))).collect::<Vec<_>>().join(" ")
+        }
         _ => String::new(),
     }
 }

@@ -330,11 +330,9 @@ impl Scope<'_> {
             Value::String(s) => self.render_string(s, pending)?,
             Value::Array(a) => Value::Array(a.iter().map(|x| self.render_inner(x, pending)).collect::<Result<_, _>>()?),
             Value::Object(m) => {
-                Value::Object(m.iter().map(|(k, x)| Ok((k.clone(), self.render_inner(x, pending)?))).collect::<Result<
-                    _,
-                    String,
-                >>(
-                )?)
+                let rendered: Result<_, String> =
+                    m.iter().map(|(k, x)| Ok((k.clone(), self.render_inner(x, pending)?))).collect();
+                Value::Object(rendered?)
             }
             other => other.clone(),
         })
@@ -353,11 +351,7 @@ impl Scope<'_> {
                 break;
             };
             out.push_str(&rest[..start]);
-            let value = self.lookup(rest[start + 2..start + 2 + end].trim(), pending)?;
-            match value {
-                Value::String(text) => out.push_str(&text),
-                other => out.push_str(&other.to_string()),
-            }
+            out.push_str(&plain(&self.lookup(rest[start + 2..start + 2 + end].trim(), pending)?));
             rest = &rest[start + 2 + end + 2..];
         }
         out.push_str(rest);
@@ -392,13 +386,18 @@ impl Scope<'_> {
     }
 }
 
+/// A value as a person writes it: strings without their JSON quotes, anything else as JSON.
+pub fn plain(v: &Value) -> String {
+    v.as_str().map(String::from).unwrap_or_else(|| v.to_string())
+}
+
 /// Fills `{{ name }}` placeholders of a file a step ships (a user-data script, manifests) from
 /// the step's `vars`. Each value must be one printable line, and every placeholder must be
 /// filled: what reaches the backend is exactly what was asked for. `file` names it in errors.
 pub fn fill_placeholders(text: &str, vars: &std::collections::BTreeMap<String, Value>, file: &str) -> Result<String> {
     let mut out = text.to_string();
     for (key, value) in vars {
-        let value = value.as_str().map(String::from).unwrap_or_else(|| value.to_string());
+        let value = plain(value);
         if value.chars().any(|c| c.is_control()) {
             return Err(Error::usage(
                 format!("value `{key}` for {file} contains a line break or control character"),
