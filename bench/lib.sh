@@ -18,3 +18,13 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?
 m() { echo "${samples[$1]:-}" | median; }
 # ratio A B: A / B with three decimals ("-" when B is 0).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }'; }
+
+# raw_samples NAME...: the "Raw samples" section of a results file, for the names that have any.
+raw_samples() {
+  local k
+  echo "Raw samples:"
+  echo
+  for k in "$@"; do
+    if [ -n "${samples[$k]:-}" ]; then echo "- $k:${samples[$k]}"; fi
+  done
+}

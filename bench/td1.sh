@@ -110,10 +110,6 @@ out=bench/RESULTS-td1.md
     echo "| down | $LD | $CD | $(ratio "$LD" "$CD") |"
   fi
   echo
-  echo "Raw samples:"
-  echo
-  for k in labctl_up labctl_noop labctl_down cli_up cli_down tf_up tf_noop tf_down; do
-    [ -n "${samples[$k]:-}" ] && echo "- $k:${samples[$k]}"
-  done
+  raw_samples labctl_up labctl_noop labctl_down cli_up cli_down tf_up tf_noop tf_down
 } > "$out"
 cat "$out"

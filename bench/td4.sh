@@ -74,8 +74,6 @@ out=bench/RESULTS-td4.md
   echo
   echo "labctl's own no-op vs fresh up: $(ratio "$LN" "$LF") (no-op / fresh)."
   echo
-  echo "Raw samples:"
-  echo
-  for k in labctl_fresh_up manual_fresh_up labctl_noop_up manual_rerun labctl_down manual_down; do echo "- $k:${samples[$k]}"; done
+  raw_samples labctl_fresh_up manual_fresh_up labctl_noop_up manual_rerun labctl_down manual_down
 } > "$out"
 cat "$out"

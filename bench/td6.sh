@@ -83,8 +83,6 @@ out=bench/RESULTS-td6.md
   echo "| up again, nothing to change | $LN | $KN | $(ratio "$LN" "$KN") |"
   echo "| down: delete and wait until gone (namespace too) | $LD | $KD | $(ratio "$LD" "$KD") |"
   echo
-  echo "Raw samples:"
-  echo
-  for k in labctl_up labctl_noop labctl_down kubectl_up kubectl_noop kubectl_down; do echo "- $k:${samples[$k]}"; done
+  raw_samples labctl_up labctl_noop labctl_down kubectl_up kubectl_noop kubectl_down
 } >"$out"
 cat "$out"
