@@ -15,6 +15,8 @@ PIDFILE="$LABCTL_CACHE/localstack.pid"
 URL=http://127.0.0.1:4566/_localstack/health
 
 say() { printf '[localstack] %s\n' "$*" >&2; }
+# shellcheck source=testenv/lib.sh
+. "$HERE/../testenv/lib.sh"
 healthy() { curl -sf -m 2 "$URL" >/dev/null 2>&1; }
 
 install() {
@@ -32,7 +34,7 @@ install() {
 
 start() {
   if healthy; then say "already up on 127.0.0.1:4566"; return 0; fi
-  command -v curl >/dev/null || { apt-get install -y -q --no-install-recommends curl >/dev/null; }
+  command -v curl >/dev/null || apt_install curl
   install
   mkdir -p "$DATA"
   say "starting (log: $LOG)"

@@ -37,14 +37,8 @@ apt_private() {
     -o "Dir::State::Lists=$SRC_CACHE/apt/lists")
 }
 
-need_packages() {
-  local missing=()
-  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing ${missing[*]}"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=testenv/lib.sh
+. "$HERE/lib.sh"
 
 source_version() {
   apt_private
@@ -63,7 +57,7 @@ bin_dir() {
 }
 
 build() {
-  need_packages golang-1.19-go rsync jq golang-github-modern-go-reflect2-dev dpkg-dev gcc libc6-dev
+  apt_install golang-1.19-go rsync jq golang-github-modern-go-reflect2-dev dpkg-dev gcc libc6-dev
   local version bin
   version=$(source_version)
   bin="$SRC_CACHE/bin-$version"
@@ -210,7 +204,7 @@ up() {
     say "clearing what an earlier cluster left"
     down
   fi
-  need_packages etcd-server containernetworking-plugins socat conntrack openssl iptables jq curl
+  apt_install etcd-server containernetworking-plugins socat conntrack openssl iptables jq curl
   build
   local bin; bin=$(bin_dir)
   docker_for_kubelet

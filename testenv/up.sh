@@ -23,21 +23,8 @@ TEST_DEBIAN_IMAGE=${TEST_DEBIAN_IMAGE:-labctl-test/debian:bookworm}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 say() { printf '[testenv] %s\n' "$*" >&2; }
-need_root() { [ "$(id -u)" = 0 ] || { say "run as root (it installs packages and starts dockerd)"; exit 1; }; }
-
-apt_install() {
-  # Install only the packages that are missing; `apt-get update` once, only when needed.
-  local missing=()
-  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  need_root
-  say "installing ${missing[*]}"
-  if [ ! -f /var/lib/apt/lists/.labctl-updated ] || ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-    apt-get update -q >/dev/null
-    touch /var/lib/apt/lists/.labctl-updated
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
+# shellcheck source=testenv/lib.sh
+. "$HERE/lib.sh"
 
 docker_up() {
   if docker info >/dev/null 2>&1; then return 0; fi
